@@ -1,0 +1,75 @@
+"""What an adapter provides: routes as data, pure parse/render functions, its error shape."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+from clipgate.canonical import JSON, EmbedRequest, EmbedResult, FormPart, ModelCard, RequestMeta
+from clipgate.errors import ClipgateError
+
+BodyKind = Literal["json", "multipart", "none"]
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """A response in plain data. A `str` body is sent as text, anything else as JSON."""
+
+    status: int
+    body: JSON
+    headers: Mapping[str, str] = field(default_factory=dict)
+    media_type: str | None = None
+
+
+class ServerState(Protocol):
+    """What probe and info routes may read of the running server."""
+
+    @property
+    def ready(self) -> bool: ...
+
+    @property
+    def card(self) -> ModelCard | None: ...
+
+    @property
+    def version(self) -> str: ...
+
+    @property
+    def instance_id(self) -> str: ...
+
+
+Body = JSON | Sequence[FormPart] | None
+"""What `parse` receives: decoded JSON, the multipart parts, or None for body-less routes."""
+
+
+@dataclass(frozen=True, slots=True)
+class Operation:
+    """One route. An embedding route has `parse` and `render`; any other route has `respond`."""
+
+    path: str
+    methods: tuple[str, ...] = ("POST",)
+    body: BodyKind = "json"
+    parse: Callable[[Body, RequestMeta], EmbedRequest] | None = None
+    render: Callable[[EmbedResult, EmbedRequest], JSON] | None = None
+    respond: Callable[[ServerState, RequestMeta], Reply] | None = None
+    public: bool = False  # reachable without a credential (probes, info)
+
+    def __post_init__(self) -> None:
+        if (self.parse is None) != (self.render is None) or (self.parse is None) == (self.respond is None):
+            raise ValueError(f"{self.path}: an operation has parse+render or respond, not both")
+
+
+def _no_headers(meta: RequestMeta) -> Mapping[str, str]:
+    return {}
+
+
+@dataclass(frozen=True, slots=True)
+class Adapter:
+    """A vendor: its routes, where its clients put their key, and how it shows an error."""
+
+    name: str
+    operations: Sequence[Operation]
+    render_error: Callable[[ClipgateError], Reply]
+    credential: Callable[[Body, RequestMeta], str | None]
+    response_headers: Callable[[RequestMeta], Mapping[str, str]] = _no_headers
+    json_content_type_required: bool = False  # refuse a non-JSON Content-Type with 415

@@ -1,0 +1,123 @@
+"""The one internal contract: what every adapter turns a vendor request into, and back."""
+
+from __future__ import annotations
+
+import base64
+import math
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeAlias
+
+from clipgate.errors import ImageError
+
+JSON: TypeAlias = Any
+"""A value as orjson reads and writes it (dict, list, str, int, float, bool, None, ndarray)."""
+
+
+@dataclass(frozen=True, slots=True)
+class TextInput:
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class ImageInput:
+    """An image as the caller sent it: its encoded bytes, or a URL to fetch (when allowed)."""
+
+    data: bytes | None = None
+    url: str | None = None
+
+    def __post_init__(self) -> None:
+        if (self.data is None) == (self.url is None):
+            raise ValueError("ImageInput takes exactly one of data and url")
+
+
+Item: TypeAlias = TextInput | ImageInput
+
+
+@dataclass(frozen=True, slots=True)
+class EmbedRequest:
+    """Items to embed, in order. `model` is the model the caller named, None for the served one.
+
+    `context` is the adapter's own note to itself (ids, dict keys, which column an item came
+    from): the core never reads it and hands it back to `render`.
+    """
+
+    items: Sequence[Item]
+    model: str | None = None
+    context: Any = None
+
+
+@dataclass(frozen=True, slots=True)
+class EmbedResult:
+    """One row per request item, same order. Rows are float32 vectors (numpy), unnormalized."""
+
+    vectors: Sequence[Any]
+    elapsed_s: float
+
+    def cosine(self, i: int, j: int) -> float:
+        a, b = self.vectors[i], self.vectors[j]
+        dot = float(a @ b)
+        norm = math.sqrt(float(a @ a) * float(b @ b))
+        return dot / norm if norm else 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class FormPart:
+    """One part of a multipart body."""
+
+    name: str
+    data: bytes
+    filename: str | None = None
+    content_type: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RequestMeta:
+    """What an adapter may know of the HTTP request besides its body."""
+
+    method: str
+    path: str
+    headers: Mapping[str, str]  # lower-case names
+    query: Mapping[str, str]
+    path_params: Mapping[str, str] = field(default_factory=dict)
+    request_id: str = ""
+    content_type: str = ""  # media type only, lower-case, no parameters
+
+
+@dataclass(frozen=True, slots=True)
+class ModelCard:
+    """What the served model is, for info routes and the `model` check."""
+
+    name: str  # the id or directory it was loaded from
+    alias: str  # the short vendor-style name (Roboflow clip_version_id), e.g. "ViT-B-32"
+    dim: int
+    image_size: int
+    max_text_tokens: int
+    device: str
+    dtype: str
+
+
+_DATA_URI = re.compile(r"^\s*data:[^,]{0,100};base64,", re.IGNORECASE)
+_WHITESPACE = re.compile(rb"\s+")
+_B64 = re.compile(rb"[A-Za-z0-9+/]*={0,2}")
+
+
+def image_from_base64(value: str) -> ImageInput:
+    """Decode a base64 image string as clients send it: an optional `data:...;base64,` prefix,
+    line breaks (`base64.encodebytes` puts one every 76 characters), URL-safe letters, or
+    missing padding. Anything else that is not base64 is refused."""
+    match = _DATA_URI.match(value)
+    if match:
+        value = value[match.end() :]
+    try:
+        raw = _WHITESPACE.sub(b"", value.encode("ascii"))
+    except UnicodeEncodeError as exc:
+        raise ImageError("Malformed base64 input image.") from exc
+    raw = raw.replace(b"-", b"+").replace(b"_", b"/")
+    if not raw:
+        raise ImageError("Empty image payload.")
+    if not _B64.fullmatch(raw) or len(raw.rstrip(b"=")) % 4 == 1:
+        raise ImageError("Malformed base64 input image.")
+    raw = raw.rstrip(b"=")
+    return ImageInput(data=base64.b64decode(raw + b"=" * (-len(raw) % 4)))

@@ -1,0 +1,82 @@
+"""`clipgate serve ...`: load the configuration, check the model can be had, run uvicorn."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+from clipgate import __version__
+from clipgate.config import Config, ConfigError, load_config
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="clipgate", description="A CLIP embedding gateway.")
+    parser.add_argument("--version", action="version", version=f"clipgate {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve", help="run the gateway")
+    serve.add_argument("--config", help="a TOML file (see configs/default.toml); CLIPGATE_* variables override it")
+    serve.add_argument("--model", help="a Hugging Face id, a checkpoint folder, random:tiny or random:base")
+    serve.add_argument("--host", help="address to listen on (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port to listen on (default 8000)")
+    serve.add_argument("--device", choices=["auto", "cpu", "cuda"], help="where the model runs")
+    serve.add_argument("--dtype", choices=["auto", "float32", "float16", "bfloat16"], help="model weights' type")
+    return parser.parse_args(argv)
+
+
+def apply_flags(config: Config, args: argparse.Namespace) -> Config:
+    server = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
+    model = {k: v for k, v in (("id", args.model), ("device", args.device), ("dtype", args.dtype)) if v is not None}
+    if server:
+        config = config.replace("server", **server)
+    if model:
+        config = config.replace("model", **model)
+    return config
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        config = apply_flags(load_config(args.config, os.environ), args)
+    except ConfigError as exc:
+        print(f"clipgate: config error: {exc}", file=sys.stderr)
+        return 2
+    return serve(config)
+
+
+def serve(config: Config) -> int:
+    import uvicorn
+
+    from clipgate.app import create_app
+    from clipgate.engine import ModelLoadError, resolve_checkpoint
+
+    logging.basicConfig(level=config.server.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        resolve_checkpoint(config.model)  # fail in seconds, before the server starts, when the weights cannot be had
+    except ModelLoadError as exc:
+        print(f"clipgate: {exc}", file=sys.stderr)
+        return 2
+    fatal: list[str] = []
+    server: uvicorn.Server | None = None
+
+    def on_fatal(line: str) -> None:
+        fatal.append(line)
+        if server is not None:
+            server.should_exit = True
+
+    app = create_app(config, on_fatal=on_fatal)
+    server = uvicorn.Server(
+        uvicorn.Config(app, host=config.server.host, port=config.server.port, log_level=config.server.log_level,
+                       lifespan="on", timeout_graceful_shutdown=30)
+    )
+    server.run()
+    if fatal:
+        print(f"clipgate: {fatal[0]}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,196 @@
+"""The CLIP core: load a checkpoint, tokenize, preprocess, and encode batches. Knows no HTTP."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import torch
+from PIL import Image
+
+from clipgate import emulator
+from clipgate.canonical import ModelCard
+from clipgate.config import ModelConfig
+from clipgate.errors import InvalidRequest
+from clipgate.images import ImageTransform
+
+log = logging.getLogger("clipgate.engine")
+
+# Short names (Roboflow's clip_version_id) of the public OpenAI checkpoints.
+KNOWN_ALIASES = {
+    "openai/clip-vit-base-patch32": "ViT-B-32",
+    "openai/clip-vit-base-patch16": "ViT-B-16",
+    "openai/clip-vit-large-patch14": "ViT-L-14",
+    "openai/clip-vit-large-patch14-336": "ViT-L-14-336px",
+    "random:tiny": "ViT-B-32",
+    "random:base": "ViT-B-32",
+}
+
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+class ModelLoadError(RuntimeError):
+    """The model cannot be found or loaded; the message is one line a person can act on."""
+
+
+class Engine(Protocol):
+    """What the batcher and service need of a model. A test double implements this too."""
+
+    card: ModelCard
+
+    def tokenize(self, texts: Sequence[str]) -> list[list[int]]: ...
+
+    def preprocess(self, image: Image.Image) -> np.ndarray: ...
+
+    def embed_texts(self, batch: Sequence[Sequence[int]]) -> np.ndarray: ...
+
+    def embed_images(self, batch: Sequence[np.ndarray]) -> np.ndarray: ...
+
+
+def resolve_checkpoint(cfg: ModelConfig) -> Path:
+    """Find the checkpoint folder for `cfg.id`: an emulator kind, a local folder, or a hub id
+    (from the local cache, downloading only when allowed). Raises ModelLoadError."""
+    model_id = cfg.id
+    hint = f"pass --model DIR (a local CLIP checkpoint folder) or --model random:tiny (random weights, no download)"
+    if emulator.is_emulator(model_id):
+        try:
+            return emulator.checkpoint_dir(model_id)
+        except ValueError as exc:
+            raise ModelLoadError(str(exc)) from exc
+    path = Path(model_id).expanduser()
+    if path.exists() or model_id.startswith((".", "/", "~")):
+        if not path.is_dir():
+            raise ModelLoadError(f"model folder {model_id} does not exist; {hint}")
+        return path
+    from huggingface_hub import snapshot_download
+
+    patterns = ["*.json", "*.safetensors", "*.txt"]
+    try:
+        return Path(snapshot_download(model_id, allow_patterns=patterns, local_files_only=True))
+    except Exception as exc:  # noqa: BLE001 - any miss means: try the network, or give up
+        if not cfg.allow_download:
+            raise ModelLoadError(f"model {model_id} is not in the local Hugging Face cache and downloads are off; {hint}") from exc
+    try:
+        return Path(snapshot_download(model_id, allow_patterns=patterns, etag_timeout=cfg.download_timeout_s))
+    except Exception as exc:  # noqa: BLE001 - network, auth or not-found: all end the same way
+        reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise ModelLoadError(f"cannot download model {model_id} ({reason}); {hint}") from exc
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ModelLoadError(f"device {name} was asked for but CUDA is not available")
+    if name != "cpu" and not name.startswith("cuda"):
+        raise ModelLoadError(f"unknown device {name!r}; use auto, cpu or cuda")
+    return torch.device(name)
+
+
+def pick_dtype(name: str, device: torch.device) -> torch.dtype:
+    if name == "auto":
+        return torch.float16 if device.type == "cuda" else torch.float32
+    if name not in _DTYPES:
+        raise ModelLoadError(f"unknown dtype {name!r}; use auto, float32, float16 or bfloat16")
+    return _DTYPES[name]
+
+
+class ClipEngine:
+    """A Hugging Face `CLIPModel` with its tokenizer and preprocessing. Not thread-safe: one
+    thread (the batcher's) calls `embed_*`; `tokenize` and `preprocess` are safe anywhere."""
+
+    def __init__(self, model: torch.nn.Module, tokenizer: object, transform: ImageTransform, card: ModelCard,
+                 *, truncate: bool) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.transform = transform
+        self.card = card
+        self.truncate = truncate
+        self._device = next(model.parameters()).device
+        self._dtype = next(model.parameters()).dtype
+        self._pad_id = int(getattr(tokenizer, "pad_token_id", None) or 0)
+
+    @classmethod
+    def load(cls, cfg: ModelConfig) -> ClipEngine:
+        from transformers import AutoTokenizer, CLIPModel
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        started = time.perf_counter()
+        path = resolve_checkpoint(cfg)
+        device = pick_device(cfg.device)
+        dtype = pick_dtype(cfg.dtype, device)
+        if cfg.torch_threads > 0:
+            torch.set_num_threads(cfg.torch_threads)
+        try:
+            model = CLIPModel.from_pretrained(path, dtype=dtype, use_safetensors=True)
+            tokenizer = AutoTokenizer.from_pretrained(path)
+            processor_cfg = json.loads((path / "preprocessor_config.json").read_text())
+            transform = ImageTransform.from_processor_config(processor_cfg)
+        except (OSError, ValueError, KeyError) as exc:
+            first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+            raise ModelLoadError(f"cannot load a CLIP checkpoint from {path}: {first}") from exc
+        model = model.to(device).eval()
+        text_cfg = model.config.text_config
+        card = ModelCard(
+            name=cfg.id,
+            alias=cfg.alias or KNOWN_ALIASES.get(cfg.id, Path(cfg.id.rstrip("/")).name),
+            dim=int(model.config.projection_dim),
+            image_size=transform.crop_height,
+            max_text_tokens=int(text_cfg.max_position_embeddings),
+            device=str(device),
+            dtype=str(dtype).removeprefix("torch."),
+        )
+        log.info("loaded %s from %s on %s as %s in %.1f s", cfg.id, path, card.device, card.dtype,
+                 time.perf_counter() - started)
+        return cls(model, tokenizer, transform, card, truncate=cfg.truncate_text)
+
+    def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
+        limit = self.card.max_text_tokens
+        encoded = self.tokenizer(list(texts), truncation=self.truncate, max_length=limit)  # type: ignore[operator]
+        ids: list[list[int]] = encoded["input_ids"]
+        for i, row in enumerate(ids):
+            if len(row) > limit:
+                raise InvalidRequest(
+                    f"Text at index {i} is {len(row)} tokens long; the model accepts at most {limit} "
+                    "(the server can be configured to truncate: model.truncate_text = true)."
+                )
+        return ids
+
+    def preprocess(self, image: Image.Image) -> np.ndarray:
+        return self.transform(image)
+
+    @torch.inference_mode()
+    def embed_texts(self, batch: Sequence[Sequence[int]]) -> np.ndarray:
+        width = max(len(row) for row in batch)
+        ids = torch.full((len(batch), width), self._pad_id, dtype=torch.long)
+        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for i, row in enumerate(batch):
+            ids[i, : len(row)] = torch.as_tensor(row, dtype=torch.long)
+            mask[i, : len(row)] = 1
+        out = self.model.get_text_features(input_ids=ids.to(self._device), attention_mask=mask.to(self._device))
+        return self._to_numpy(out)
+
+    @torch.inference_mode()
+    def embed_images(self, batch: Sequence[np.ndarray]) -> np.ndarray:
+        pixels = torch.from_numpy(np.stack(batch)).to(self._device, self._dtype)
+        out = self.model.get_image_features(pixel_values=pixels)
+        return self._to_numpy(out)
+
+    @staticmethod
+    def _to_numpy(out: object) -> np.ndarray:
+        features = out.pooler_output if hasattr(out, "pooler_output") else out
+        assert isinstance(features, torch.Tensor)
+        return features.float().cpu().numpy()
+
+    def warmup(self) -> None:
+        """Run one batch of each kind so the first real request pays no one-off costs."""
+        side = self.transform.crop_height
+        blank = Image.new("RGB", (side, side), (127, 127, 127))
+        self.embed_images([self.preprocess(blank)])
+        self.embed_texts(self.tokenize(["a photo of a cat"]))

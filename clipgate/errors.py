@@ -1,0 +1,103 @@
+"""The clipgate error tree: each error carries its default HTTP status; adapters render it.
+
+    ClipgateError
+     ├─ InvalidRequest        400  wrong shape, bad base64, undecodable image, text too long
+     │   ├─ ImageError        400  an image cannot be read: bad base64, not an image, URL refused
+     │   └─ SchemaError       422  the body does not match the operation's schema at all
+     ├─ Unauthorized          401  credential missing or wrong
+     ├─ UnknownModel          404  the request names a model that is not served
+     ├─ NotFound              404  no such route
+     ├─ MethodNotAllowed      405
+     ├─ PayloadTooLarge       413  body, image or item count over the limits
+     ├─ UnsupportedMediaType  415  the body is not in a format the route reads
+     ├─ Overloaded            503  queue full; carries Retry-After
+     ├─ NotReady              503  the model is not loaded and warmed yet
+     └─ InternalError         500  anything unexpected: generic message, traceback to the log
+"""
+
+from __future__ import annotations
+
+
+class ClipgateError(Exception):
+    status: int = 500
+    message: str = "Internal error."
+
+    def __init__(self, message: str | None = None, *, retry_after: int | None = None) -> None:
+        super().__init__(message or self.message)
+        self.message = message or self.message
+        self.retry_after = retry_after
+
+
+class InvalidRequest(ClipgateError):
+    status = 400
+    message = "Invalid request."
+
+
+class ImageError(InvalidRequest):
+    message = "The image cannot be read."
+
+
+class SchemaError(InvalidRequest):
+    """The body is structurally wrong: a required field is missing or has the wrong type.
+
+    `loc` is the path to the offending field (e.g. ("body", "text")), `kind` a short
+    machine-readable reason ("missing", "type"), for vendors whose errors are structured.
+    """
+
+    status = 422
+
+    def __init__(self, message: str, *, loc: tuple[str | int, ...] = ("body",), kind: str = "value_error") -> None:
+        super().__init__(message)
+        self.loc = loc
+        self.kind = kind
+
+
+class Unauthorized(ClipgateError):
+    status = 401
+    message = "Unauthorized."
+
+
+class UnknownModel(ClipgateError):
+    status = 404
+    message = "The requested model is not served here."
+
+
+class NotFound(ClipgateError):
+    status = 404
+    message = "Not found."
+
+
+class MethodNotAllowed(ClipgateError):
+    status = 405
+    message = "Method not allowed."
+
+
+class PayloadTooLarge(ClipgateError):
+    status = 413
+    message = "Payload too large."
+
+
+class UnsupportedMediaType(ClipgateError):
+    status = 415
+    message = "Unsupported media type."
+
+
+class Overloaded(ClipgateError):
+    status = 503
+    message = "The server is overloaded; retry later."
+
+    def __init__(self, message: str | None = None, *, retry_after: int | None = 1) -> None:
+        super().__init__(message, retry_after=retry_after)
+
+
+class NotReady(ClipgateError):
+    status = 503
+    message = "The model is not ready yet; retry later."
+
+    def __init__(self, message: str | None = None, *, retry_after: int | None = 1) -> None:
+        super().__init__(message, retry_after=retry_after)
+
+
+class InternalError(ClipgateError):
+    status = 500
+    message = "Internal error."

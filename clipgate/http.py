@@ -1,0 +1,212 @@
+"""The one endpoint wrapper: body limits, auth, parse, embed, render, and errors in the vendor's shape."""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import re
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from typing import Any
+
+import orjson
+from starlette.datastructures import UploadFile
+from starlette.formparsers import MultiPartException, MultiPartParser
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from clipgate.adapter import Adapter, Body, Operation, Reply, ServerState
+from clipgate.canonical import FormPart, RequestMeta
+from clipgate.config import Config
+from clipgate.errors import (
+    ClipgateError,
+    InternalError,
+    InvalidRequest,
+    NotReady,
+    PayloadTooLarge,
+    SchemaError,
+    Unauthorized,
+    UnsupportedMediaType,
+)
+from clipgate.service import EmbeddingService
+
+log = logging.getLogger("clipgate.http")
+
+Endpoint = Callable[[Request], Awaitable[Response]]
+
+MAX_MULTIPART_PARTS = 16
+REQUEST_ID_MAX = 100
+
+
+class Gateway(ServerState):
+    """The state every endpoint shares: the service once loaded, and whether it is ready."""
+
+    def __init__(self, config: Config, version: str) -> None:
+        self.config = config
+        self.service: EmbeddingService | None = None
+        self._ready = False
+        self._version = version
+        self._instance_id = uuid.uuid4().hex
+
+    @property
+    def ready(self) -> bool:
+        return self._ready and self.service is not None
+
+    def set_ready(self, ready: bool) -> None:
+        self._ready = ready
+
+    @property
+    def card(self) -> Any:
+        return self.service.card if self.service is not None else None
+
+    @property
+    def version(self) -> str:
+        return self._version
+
+    @property
+    def instance_id(self) -> str:
+        return self._instance_id
+
+
+def make_endpoint(adapter: Adapter, op: Operation, gateway: Gateway) -> Endpoint:
+    keys = tuple(k.encode() for k in gateway.config.auth.keys_for(adapter.name))
+    max_body = gateway.config.server.max_body_bytes
+
+    async def endpoint(request: Request) -> Response:
+        meta = _meta(request)
+        extra = dict(adapter.response_headers(meta))
+        try:
+            if op.respond is not None:
+                return _response(op.respond(gateway, meta), extra)
+            body = await _read_body(request, op, adapter, meta, max_body)
+            if keys and not op.public:
+                _authorize(adapter.credential(body, meta), keys)
+            service = gateway.service
+            if not gateway.ready or service is None:
+                raise NotReady()
+            assert op.parse is not None and op.render is not None
+            canonical = op.parse(body, meta)
+            result = await service.embed(canonical)
+            return _response(Reply(200, op.render(result, canonical)), extra)
+        except ClipgateError as err:
+            if err.status >= 500:
+                log.warning("%s %s -> %d %s", meta.method, meta.path, err.status, err.message)
+            return _response(adapter.render_error(err), extra, err)
+        except Exception:  # noqa: BLE001 - the traceback goes to the log, never to the caller
+            log.exception("unhandled error on %s %s (request %s)", meta.method, meta.path, meta.request_id)
+            err = InternalError()
+            return _response(adapter.render_error(err), extra, err)
+
+    return endpoint
+
+
+def _meta(request: Request) -> RequestMeta:
+    headers = {k.lower(): v for k, v in request.headers.items()}
+    request_id = headers.get("x-request-id", "")[:REQUEST_ID_MAX] or str(uuid.uuid4())
+    content_type = headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    return RequestMeta(
+        method=request.method,
+        path=request.scope["path"],
+        headers=headers,
+        query=dict(request.query_params),
+        path_params={k: str(v) for k, v in request.path_params.items()},
+        request_id=request_id,
+        content_type=content_type,
+    )
+
+
+def _authorize(credential: str | None, keys: Sequence[bytes]) -> None:
+    if not credential:
+        raise Unauthorized("A credential is required.")
+    given = credential.encode()
+    matched = False
+    for key in keys:  # compare with every key, whatever the outcome, in constant time each
+        matched |= hmac.compare_digest(given, key)
+    if not matched:
+        raise Unauthorized("The credential is not valid.")
+
+
+async def _read_body(request: Request, op: Operation, adapter: Adapter, meta: RequestMeta, limit: int) -> Body:
+    if op.body == "none":
+        return None
+    declared = meta.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(f"The request body is {declared} bytes; the limit is {limit}.")
+    if op.body == "json" and adapter.json_content_type_required and not _is_json_type(meta.content_type):
+        raise UnsupportedMediaType("Expects Content-Type to be application/json")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"The request body is over the limit of {limit} bytes.")
+        chunks.append(chunk)
+    raw = b"".join(chunks)
+    if op.body == "multipart":
+        return await _parse_multipart(request.headers, raw, meta)
+    if not raw.strip():
+        raise SchemaError("The request body is empty; a JSON object is expected.", kind="empty_body")
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise SchemaError(f"The request body is not valid JSON: {exc}", kind="json_invalid") from exc
+
+
+def _is_json_type(content_type: str) -> bool:
+    return content_type == "application/json" or (content_type.startswith("application/") and content_type.endswith("+json"))
+
+
+async def _parse_multipart(headers: Mapping[str, str], raw: bytes, meta: RequestMeta) -> list[FormPart]:
+    if meta.content_type != "multipart/form-data":
+        raise InvalidRequest("Expected a multipart/form-data body.")
+
+    async def stream() -> AsyncIterator[bytes]:
+        yield raw
+
+    parser = MultiPartParser(
+        headers, stream(), max_files=MAX_MULTIPART_PARTS, max_fields=MAX_MULTIPART_PARTS, max_part_size=len(raw) + 1
+    )  # type: ignore[arg-type]
+    try:
+        form = await parser.parse()
+    except MultiPartException as exc:
+        raise InvalidRequest(f"The multipart body cannot be parsed: {exc.message}") from exc
+    parts: list[FormPart] = []
+    try:
+        for name, value in form.multi_items():
+            if isinstance(value, UploadFile):
+                data = await value.read()
+                parts.append(FormPart(name, data, value.filename, value.content_type))
+            else:
+                parts.append(FormPart(name, value.encode()))
+    finally:
+        await form.close()
+    return parts
+
+
+def _response(reply: Reply, extra: Mapping[str, str], err: ClipgateError | None = None) -> Response:
+    headers = {**extra, **reply.headers}
+    if err is not None and err.retry_after is not None:
+        headers.setdefault("Retry-After", str(err.retry_after))
+    if isinstance(reply.body, str):
+        return PlainTextResponse(reply.body, reply.status, headers=headers, media_type=reply.media_type or "text/plain")
+    content = orjson.dumps(reply.body, option=orjson.OPT_SERIALIZE_NUMPY)
+    return Response(content, reply.status, headers=headers, media_type=reply.media_type or "application/json")
+
+
+class PathNormalizer:
+    """Collapse runs of `/` in the path, so `http://host//api/...` (a base URL with a trailing
+    slash joined to a path) reaches its route, as it does behind most proxies."""
+
+    _SLASHES = re.compile(r"/{2,}")
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and "//" in scope["path"]:
+            scope = dict(scope)
+            scope["path"] = self._SLASHES.sub("/", scope["path"])
+            if "raw_path" in scope:
+                scope["raw_path"] = re.sub(rb"/{2,}", b"/", scope["raw_path"])
+        await self.app(scope, receive, send)

@@ -1,0 +1,145 @@
+"""Decode and verify image bytes before they are queued: formats, limits, EXIF, colour modes."""
+
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from clipgate.errors import ImageError, PayloadTooLarge
+
+DEFAULT_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP")
+
+
+@dataclass(frozen=True, slots=True)
+class ImageLimits:
+    max_bytes: int = 20 * 1024 * 1024
+    max_pixels: int = 40_000_000
+    formats: tuple[str, ...] = DEFAULT_FORMATS
+
+
+def decode_image(data: bytes, limits: ImageLimits) -> Image.Image:
+    """Return the image as an 8-bit RGB `Image`, upright per its EXIF orientation.
+
+    Multi-frame images (GIF, animated WebP) give their first frame. Alpha is dropped, as
+    the reference pipeline (`convert("RGB")`) and OpenCV's IMREAD_COLOR both do.
+    Raises ImageError for anything that is not a whole image of an allowed format, and
+    PayloadTooLarge for images over the byte or pixel limits.
+    """
+    if not data:
+        raise ImageError("Empty image payload.")
+    if len(data) > limits.max_bytes:
+        raise PayloadTooLarge(f"The image is {len(data)} bytes; the limit is {limits.max_bytes}.")
+    try:
+        with warnings.catch_warnings():
+            # Pillow warns past MAX_IMAGE_PIXELS and raises past twice that; we decide the
+            # limit ourselves below, from the header, before any pixel is decoded.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data), formats=list(limits.formats))
+    except UnidentifiedImageError as exc:
+        raise ImageError(
+            "Data is not an image in a supported format (" + ", ".join(limits.formats) + ")."
+        ) from exc
+    except Image.DecompressionBombError as exc:
+        raise PayloadTooLarge(f"The image has too many pixels; the limit is {limits.max_pixels}.") from exc
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise ImageError("The image header is corrupt.") from exc
+    width, height = image.size
+    if width < 1 or height < 1:
+        raise ImageError("The image has no pixels.")
+    if width * height > limits.max_pixels:
+        raise PayloadTooLarge(
+            f"The image is {width}x{height} = {width * height} pixels; the limit is {limits.max_pixels}."
+        )
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image.load()
+            image = ImageOps.exif_transpose(image)
+            return _to_rgb(image)
+    except Image.DecompressionBombError as exc:
+        raise PayloadTooLarge(f"The image has too many pixels; the limit is {limits.max_pixels}.") from exc
+    except (OSError, ValueError, SyntaxError, EOFError) as exc:
+        raise ImageError("The image data is truncated or corrupt.") from exc
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    mode = image.mode
+    if mode == "RGB":
+        return image
+    if mode in ("I;16", "I;16B", "I;16L", "I"):
+        # Pillow's own conversion clips 16-bit samples to 255 (a white picture); scale instead.
+        # Mode "I" from a PNG holds 16-bit samples too.
+        wide = np.asarray(image).astype(np.int64)
+        return Image.fromarray((wide >> 8).clip(0, 255).astype(np.uint8), "L").convert("RGB")
+    if mode == "F":
+        return Image.fromarray(np.asarray(image).clip(0, 255).astype(np.uint8), "L").convert("RGB")
+    if mode == "P" and "transparency" in image.info:
+        # Going through RGBA avoids Pillow's warning about byte-expressed palette transparency.
+        return image.convert("RGBA").convert("RGB")
+    return image.convert("RGB")
+
+
+@dataclass(frozen=True, slots=True)
+class ImageTransform:
+    """CLIP's preprocessing, done with Pillow and numpy: the steps of the checkpoint's
+    `CLIPImageProcessor` (shortest-edge resize, centre crop, rescale, normalize), in order."""
+
+    shortest_edge: int = 224
+    crop_height: int = 224
+    crop_width: int = 224
+    mean: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)
+    std: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
+    rescale: float = 1 / 255
+    resample: int = Image.Resampling.BICUBIC
+
+    @classmethod
+    def from_processor_config(cls, cfg: dict[str, object]) -> ImageTransform:
+        """Read a `preprocessor_config.json` as CLIP checkpoints ship it."""
+        size = cfg.get("size", 224)
+        shortest = size.get("shortest_edge") if isinstance(size, dict) else size
+        crop = cfg.get("crop_size", shortest)
+        if isinstance(crop, dict):
+            crop_h, crop_w = crop.get("height"), crop.get("width")
+        else:
+            crop_h = crop_w = crop
+        if not all(isinstance(v, int) for v in (shortest, crop_h, crop_w)):
+            raise ValueError(f"unsupported image processor sizes: size={size!r} crop_size={crop!r}")
+        if crop_h > shortest or crop_w > shortest:  # type: ignore[operator]
+            raise ValueError(f"unsupported image processor: crop {crop!r} larger than the resize {size!r}")
+        for flag in ("do_resize", "do_center_crop", "do_rescale", "do_normalize"):
+            if cfg.get(flag, True) is not True:
+                raise ValueError(f"unsupported image processor setting {flag}={cfg[flag]!r}")
+        mean = tuple(float(v) for v in cfg.get("image_mean", cls.mean))  # type: ignore[attr-defined]
+        std = tuple(float(v) for v in cfg.get("image_std", cls.std))  # type: ignore[attr-defined]
+        return cls(
+            shortest_edge=shortest,  # type: ignore[arg-type]
+            crop_height=crop_h,  # type: ignore[arg-type]
+            crop_width=crop_w,  # type: ignore[arg-type]
+            mean=mean,  # type: ignore[arg-type]
+            std=std,  # type: ignore[arg-type]
+            rescale=float(cfg.get("rescale_factor", 1 / 255)),  # type: ignore[arg-type]
+            resample=int(cfg.get("resample", Image.Resampling.BICUBIC)),  # type: ignore[call-overload]
+        )
+
+    def __call__(self, image: Image.Image) -> np.ndarray:
+        """RGB image -> float32 array of shape (3, crop_height, crop_width)."""
+        width, height = image.size
+        short, long = (width, height) if width <= height else (height, width)
+        new_short, new_long = self.shortest_edge, int(self.shortest_edge * long / short)
+        new_w, new_h = (new_short, new_long) if width <= height else (new_long, new_short)
+        if (new_w, new_h) != (width, height):
+            image = image.resize((new_w, new_h), resample=self.resample)
+        pixels = np.asarray(image)
+        top = (new_h - self.crop_height) // 2
+        left = (new_w - self.crop_width) // 2
+        pixels = pixels[top : top + self.crop_height, left : left + self.crop_width]
+        scale = np.float32(self.rescale)
+        mean = np.asarray(self.mean, dtype=np.float32)
+        std = np.asarray(self.std, dtype=np.float32)
+        out = (pixels.astype(np.float32) * scale - mean) / std
+        return np.ascontiguousarray(out.transpose(2, 0, 1))
+

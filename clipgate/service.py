@@ -1,0 +1,108 @@
+"""The embedding service: validate and decode a canonical request, batch it, return vectors."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+
+from clipgate import urls
+from clipgate.batcher import Batcher, Lane
+from clipgate.canonical import EmbedRequest, EmbedResult, ImageInput, ModelCard, TextInput
+from clipgate.config import Config
+from clipgate.engine import Engine
+from clipgate.errors import ImageError, InvalidRequest, PayloadTooLarge, UnknownModel
+from clipgate.images import ImageLimits, decode_image
+
+
+class EmbeddingService:
+    """Owns the engine, the batcher and the decode pool for the life of the app."""
+
+    def __init__(self, engine: Engine, config: Config, *, resolver: urls.Resolver = urls.system_resolver) -> None:
+        self.engine = engine
+        self.config = config
+        images = config.images
+        self._limits = ImageLimits(max_bytes=images.max_bytes, max_pixels=images.max_pixels, formats=images.formats)
+        self._url_policy = urls.UrlPolicy(
+            allow_http=images.allow_http_url,
+            allow_ip_hosts=images.allow_ip_hosts,
+            allow_private_addresses=images.allow_private_addresses,
+            allow_hosts=images.url_allow_hosts,
+            deny_hosts=images.url_deny_hosts,
+            timeout_s=images.url_timeout_s,
+            max_redirects=images.url_max_redirects,
+            max_bytes=images.max_bytes,
+        )
+        self._resolver = resolver
+        self._decode_pool = ThreadPoolExecutor(max_workers=max(1, images.decode_threads), thread_name_prefix="clipgate-decode")
+        self.batcher = Batcher(
+            {
+                "image": Lane(run=engine.embed_images, max_batch=config.batching.max_batch_images),
+                "text": Lane(run=engine.embed_texts, max_batch=config.batching.max_batch_texts),
+            },
+            max_wait_s=config.batching.max_wait_ms / 1000,
+        )
+
+    @property
+    def card(self) -> ModelCard:
+        return self.engine.card
+
+    def start(self) -> None:
+        self.batcher.start()
+
+    async def stop(self) -> None:
+        await self.batcher.stop()
+        self._decode_pool.shutdown(wait=False, cancel_futures=True)
+
+    def check_model(self, requested: str | None) -> None:
+        card = self.engine.card
+        if requested is not None and requested not in (card.alias, card.name):
+            raise UnknownModel(f"Model {requested!r} is not served here; this server serves {card.alias!r}.")
+
+    async def embed(self, request: EmbedRequest) -> EmbedResult:
+        """Embed every item of the request, in order. Bad input fails here, before queueing."""
+        started = time.perf_counter()
+        self.check_model(request.model)
+        items = request.items
+        if not items:
+            raise InvalidRequest("The request holds nothing to embed.")
+        limit = self.config.server.max_items
+        if len(items) > limit:
+            raise PayloadTooLarge(f"The request holds {len(items)} items; the limit is {limit} per request.")
+        text_at = [i for i, item in enumerate(items) if isinstance(item, TextInput)]
+        image_at = [i for i, item in enumerate(items) if isinstance(item, ImageInput)]
+        tokens = self.engine.tokenize([items[i].text for i in text_at]) if text_at else []  # type: ignore[union-attr]
+        pixels = await asyncio.gather(*(self._prepare_image(items[i]) for i in image_at)) if image_at else []  # type: ignore[arg-type]
+        futures = self.batcher.submit("text", tokens) + self.batcher.submit("image", pixels)
+        try:
+            rows = await asyncio.gather(*futures)
+        finally:
+            for fut in futures:  # a caller that went away frees its queue places
+                fut.cancel()
+        vectors: list[Any] = [None] * len(items)
+        for index, row in zip(text_at + image_at, rows):
+            vectors[index] = row
+        return EmbedResult(vectors=vectors, elapsed_s=time.perf_counter() - started)
+
+    async def _prepare_image(self, item: ImageInput) -> np.ndarray:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._decode_pool, self._decode_job(item))
+
+    def _decode_job(self, item: ImageInput) -> Callable[[], np.ndarray]:
+        def job() -> np.ndarray:
+            data = item.data
+            if data is None:
+                if not self.config.images.allow_url:
+                    raise ImageError(
+                        "Image URLs are disabled on this server; send the image as base64, or have the "
+                        "operator enable them (images.allow_url = true, or CLIPGATE_IMAGES_ALLOW_URL=1)."
+                    )
+                assert item.url is not None
+                data = urls.fetch(item.url, self._url_policy, self._resolver)
+            return self.engine.preprocess(decode_image(data, self._limits))
+
+        return job
