@@ -18,6 +18,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
+from clipgate.errors import NotReady
+
 log = logging.getLogger("clipgate.batcher")
 
 
@@ -60,11 +62,15 @@ class Batcher:
                 pass
             self._task = None
         for queue in self._queues.values():
-            while queue:
-                entry = queue.popleft()
-                if not entry.future.done():
-                    entry.future.cancel()
+            self._abandon(list(queue))
+            queue.clear()
         self._executor.shutdown(wait=True)
+
+    @staticmethod
+    def _abandon(entries: Sequence[_Entry]) -> None:
+        for entry in entries:
+            if not entry.future.done():
+                entry.future.set_exception(NotReady("The server is shutting down; retry the request."))
 
     def run_on_model_thread(self, fn: Callable[[], Any]) -> asyncio.Future[Any]:
         """Run `fn` on the model thread, between batches (warm-up uses this)."""
@@ -130,6 +136,9 @@ class Batcher:
             rows = await loop.run_in_executor(self._executor, run, payloads)
             if len(rows) != len(batch):
                 raise RuntimeError(f"{lane} batch of {len(batch)} returned {len(rows)} rows")
+        except asyncio.CancelledError:  # stop() while this batch ran: its callers still get an answer
+            self._abandon(batch)
+            raise
         except Exception as exc:  # noqa: BLE001 - every caller of the batch gets the error
             log.exception("%s batch of %d failed", lane, len(batch))
             for entry in batch:

@@ -1,0 +1,115 @@
+"""Golden cases: request/response pairs written from the vendors' references (tests/fixtures/)."""
+
+from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from starlette.testclient import TestClient
+
+from tests import imagegen
+
+FIXTURES = Path(__file__).parent / "fixtures"
+CASES = sorted(FIXTURES.glob("*/*.json"))
+WIDTH = 512
+LONG_TEXT = " ".join(["photograph"] * 120)
+
+
+def _image_bytes(spec: str) -> bytes:
+    fmt = spec.split(":", 1)[1]
+    seed = 2 if spec.startswith("$image2") else 1
+    return imagegen.sample(fmt, seed=seed)
+
+
+def substitute(value: Any, *, raw: bool = False) -> Any:
+    """Replace the request placeholders ($image:FMT and friends) with real data."""
+    if isinstance(value, dict):
+        return {k: substitute(v, raw=raw) for k, v in value.items()}
+    if isinstance(value, list):
+        return [substitute(v, raw=raw) for v in value]
+    if not isinstance(value, str) or not value.startswith("$"):
+        return value
+    if value == "$long_text":
+        return LONG_TEXT
+    kind = value.split(":", 1)[0]
+    data = _image_bytes(value)
+    if raw:
+        return data
+    if kind in ("$image", "$image2"):
+        return base64.b64encode(data).decode()
+    if kind == "$image_lines":
+        return base64.encodebytes(data).decode()
+    if kind == "$image_datauri":
+        fmt = value.split(":", 1)[1]
+        return f"data:image/{fmt};base64," + base64.b64encode(data).decode()
+    raise AssertionError(f"unknown placeholder {value}")
+
+
+def is_vector(value: Any) -> bool:
+    return isinstance(value, list) and len(value) == WIDTH and all(isinstance(x, float) for x in value)
+
+
+def match(expected: Any, actual: Any, where: str = "$") -> None:
+    """Assert `actual` fits the matcher `expected` (see tests/fixtures/SOURCES.md)."""
+    if isinstance(expected, str) and expected.startswith("$"):
+        name, _, arg = expected.partition(":")
+        checks = {
+            "$vector": lambda: is_vector(actual),
+            "$vectors": lambda: isinstance(actual, list) and len(actual) == int(arg) and all(map(is_vector, actual)),
+            "$float": lambda: isinstance(actual, (int, float)) and not isinstance(actual, bool),
+            "$float_or_null": lambda: actual is None or (isinstance(actual, (int, float)) and not isinstance(actual, bool)),
+            "$int": lambda: isinstance(actual, int) and not isinstance(actual, bool),
+            "$string": lambda: isinstance(actual, str),
+            "$string_or_null": lambda: actual is None or isinstance(actual, str),
+            "$message": lambda: isinstance(actual, str) and bool(actual.strip()),
+            "$any": lambda: True,
+        }
+        assert name in checks, f"{where}: unknown matcher {expected}"
+        assert checks[name](), f"{where}: {str(actual)[:200]!r} does not match {expected}"
+    elif isinstance(expected, dict):
+        assert isinstance(actual, dict), f"{where}: expected an object, got {str(actual)[:200]!r}"
+        assert set(actual) == set(expected), f"{where}: keys {sorted(actual)} != {sorted(expected)}"
+        for key, value in expected.items():
+            match(value, actual[key], f"{where}.{key}")
+    elif isinstance(expected, list):
+        assert isinstance(actual, list) and len(actual) == len(expected), f"{where}: {str(actual)[:200]!r}"
+        for i, (e, a) in enumerate(zip(expected, actual)):
+            match(e, a, f"{where}[{i}]")
+    else:
+        assert actual == expected and type(actual) is type(expected), f"{where}: {actual!r} != {expected!r}"
+
+
+def send(client: TestClient, request: dict[str, Any]) -> Any:
+    kwargs: dict[str, Any] = {"headers": request.get("headers", {}), "params": request.get("query")}
+    if "json" in request:
+        kwargs["content"] = json.dumps(substitute(request["json"])).encode()
+        kwargs["headers"] = {"content-type": "application/json", **kwargs["headers"]}
+    elif "multipart" in request:
+        files = {}
+        for name, part in request["multipart"].items():
+            content = part["content"]
+            data = substitute(content, raw=True) if content.startswith("$") else content.encode()
+            files[name] = (part["filename"], data) if part.get("content_type") is None else (part["filename"], data, part["content_type"])
+        kwargs["files"] = files
+    elif "body" in request:
+        kwargs["content"] = request["body"].encode()
+    # A full URL keeps a doubled slash in the path as it is.
+    return client.request(request["method"], "http://testserver" + request["path"], **kwargs)
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda p: f"{p.parent.name}/{p.stem}")
+def test_golden(case: Path, client: TestClient) -> None:
+    spec = json.loads(case.read_text())
+    response = send(client, spec["request"])
+    expected = spec["response"]
+    assert response.status_code == expected["status"], response.text[:500]
+    for name, value in expected.get("headers", {}).items():
+        assert name in response.headers, f"missing header {name}"
+        match(value, response.headers[name], f"header {name}")
+    if "text" in expected:
+        assert response.text == expected["text"]
+    else:
+        match(expected["json"], response.json())

@@ -1,0 +1,306 @@
+"""HTTP behaviour beyond the golden cases: auth, limits, readiness, routing, faults, error shapes."""
+
+from __future__ import annotations
+
+import base64
+import logging
+import threading
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+import pytest
+from starlette.testclient import TestClient
+
+from clipgate.app import create_app
+from clipgate.canonical import ModelCard
+from clipgate.engine import ClipEngine
+from tests import imagegen
+from tests.conftest import make_config
+
+KEY = "s3cret-key-value"
+JPEG_B64 = base64.b64encode(imagegen.jpeg(seed=1)).decode()
+
+
+def rf_text(text: Any = "a photo of a cat", **extra: Any) -> dict[str, Any]:
+    return {"text": text, **extra}
+
+
+def azure_text(*texts: str) -> dict[str, Any]:
+    return {"input_data": {"columns": ["image", "text"], "data": [["", t] for t in texts]}}
+
+
+@pytest.fixture
+def auth_client(engine: ClipEngine) -> Iterator[TestClient]:
+    config = make_config(auth={"sambastudio_keys": ("other", KEY), "azureml_keys": (KEY,), "roboflow_keys": (KEY,)})
+    with TestClient(create_app(config, engine=engine)) as client:
+        yield client
+
+
+# --- auth -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "status"),
+    [
+        pytest.param({"params": {"api_key": KEY}}, 200, id="query"),
+        pytest.param({"headers": {"Authorization": f"Bearer {KEY}"}}, 200, id="bearer"),
+        pytest.param({"body_key": KEY}, 200, id="body"),
+        pytest.param({}, 401, id="missing"),
+        pytest.param({"body_key": None}, 401, id="body-null"),
+        pytest.param({"params": {"api_key": "wrong"}}, 401, id="wrong-query"),
+        pytest.param({"body_key": KEY + "x"}, 401, id="wrong-body"),
+    ],
+)
+def test_roboflow_key_channels(auth_client: TestClient, kwargs: dict[str, Any], status: int) -> None:
+    body = rf_text()
+    if "body_key" in kwargs:
+        body["api_key"] = kwargs.pop("body_key")
+    response = auth_client.post("/clip/embed_text", json=body, **kwargs)
+    assert response.status_code == status
+    if status == 401:
+        assert response.json() == {"status": 401, "message": "Unauthorized api_key"}
+        assert KEY not in response.text
+
+
+def test_sambastudio_key_header_any_of_the_configured_keys(auth_client: TestClient) -> None:
+    ok = auth_client.post("/api/predict/nlp/p/e", json={"inputs": ["hi"]}, headers={"key": KEY})
+    assert ok.status_code == 200
+    bad = auth_client.post("/api/predict/nlp/p/e", json={"inputs": ["hi"]}, headers={"key": "nope"})
+    assert bad.status_code == 401
+    assert bad.json() == {"error": "The credential is not valid.", "status_code": 401}
+    missing = auth_client.post("/api/predict/file/p/e", files={"predict_file": imagegen.jpeg()})
+    assert missing.status_code == 401 and missing.json()["status_code"] == 401
+
+
+def test_azure_bearer(auth_client: TestClient) -> None:
+    ok = auth_client.post("/score", json=azure_text("hi"), headers={"Authorization": f"Bearer {KEY}"})
+    assert ok.status_code == 200
+    bad = auth_client.post("/score", json=azure_text("hi"), headers={"Authorization": f"Basic {KEY}"})
+    assert bad.status_code == 401
+    assert set(bad.json()) == {"message"}
+
+
+@pytest.mark.parametrize("path", ["/", "/readiness", "/healthz", "/info", "/model/registry", "/swagger.json"])
+def test_probes_stay_open_with_auth_on(auth_client: TestClient, path: str) -> None:
+    assert auth_client.get(path).status_code == 200
+
+
+def test_keys_never_reach_the_log(auth_client: TestClient, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    auth_client.post("/clip/embed_text", json=rf_text(api_key=KEY + "-wrong"))
+    auth_client.post("/score", json=azure_text("x"), headers={"Authorization": f"Bearer {KEY}"})
+    assert KEY not in caplog.text
+
+
+# --- limits -----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def small_client(engine: ClipEngine) -> Iterator[TestClient]:
+    config = make_config(server={"max_body_bytes": 4096, "max_items": 3})
+    with TestClient(create_app(config, engine=engine)) as client:
+        yield client
+
+
+@pytest.mark.parametrize(
+    ("path", "shape"),
+    [
+        pytest.param("/clip/embed_text", {"message"}, id="roboflow"),
+        pytest.param("/api/predict/nlp/p/e", {"error", "status_code"}, id="sambastudio"),
+        pytest.param("/score", {"message"}, id="azureml"),
+    ],
+)
+def test_body_over_the_limit_is_413(small_client: TestClient, path: str, shape: set[str]) -> None:
+    body = b'{"text": "' + b"a" * 8000 + b'"}'
+    declared = small_client.post(path, content=body, headers={"content-type": "application/json"})
+    assert declared.status_code == 413 and set(declared.json()) == shape
+
+    def chunks() -> Iterator[bytes]:  # no Content-Length: counted while streaming
+        for _ in range(10):
+            yield b" " * 1000
+
+    streamed = small_client.post(path, content=chunks(), headers={"content-type": "application/json"})
+    assert streamed.status_code == 413 and set(streamed.json()) == shape
+
+
+def test_too_many_items_is_413_in_each_shape(small_client: TestClient) -> None:
+    texts = ["a", "b", "c", "d"]
+    assert small_client.post("/clip/embed_text", json=rf_text(texts)).status_code == 413
+    response = small_client.post("/api/predict/generic/p/e", json={"instances": texts})
+    assert response.status_code == 413 and response.json()["status_code"] == 413
+    assert small_client.post("/score", json=azure_text(*texts)).status_code == 413
+    assert small_client.post("/clip/embed_text", json=rf_text(texts[:3])).status_code == 200
+
+
+def test_long_text_is_400_unless_truncation_is_on(client: TestClient, tiny_dir: object) -> None:
+    long_text = "photograph " * 100
+    refused = client.post("/clip/embed_text", json=rf_text(long_text))
+    assert refused.status_code == 400 and "77" in refused.json()["message"]
+    truncating = ClipEngine.load(make_config(model={"truncate_text": True}).model)
+    with TestClient(create_app(make_config(), engine=truncating)) as other:
+        accepted = other.post("/clip/embed_text", json=rf_text(long_text))
+    assert accepted.status_code == 200 and len(accepted.json()["embeddings"][0]) == 512
+
+
+# --- routing ----------------------------------------------------------------------------------
+
+
+def test_prefix_moves_and_disable_removes_a_vendor(engine: ClipEngine) -> None:
+    config = make_config(roboflow={"prefix": "/rf"}, sambastudio={"enabled": False})
+    with TestClient(create_app(config, engine=engine)) as client:
+        assert client.post("/rf/clip/embed_text", json=rf_text()).status_code == 200
+        assert client.post("/clip/embed_text", json=rf_text()).status_code == 404
+        assert client.post("/api/predict/nlp/p/e", json={"inputs": ["x"]}).status_code == 404
+        assert client.get("/rf/readiness").json() == {"status": "ready"}
+
+
+def test_two_vendors_on_one_path_is_a_startup_error(engine: ClipEngine) -> None:
+    # Under the prefix "/info", Azure's liveness route GET / lands on Roboflow's GET /info.
+    with pytest.raises(ValueError, match="GET /info is served by both"):
+        create_app(make_config(azureml={"prefix": "/info"}), engine=engine)
+
+
+def test_unknown_route_and_method(client: TestClient) -> None:
+    missing = client.get("/nope")
+    assert missing.status_code == 404 and missing.json() == {"message": "Not found."}
+    wrong = client.get("/clip/embed_text")
+    assert wrong.status_code == 405 and wrong.json() == {"message": "Method not allowed."}
+
+
+def test_doubled_slashes_reach_the_route(client: TestClient) -> None:
+    response = client.post("http://testserver//api/predict/generic//p/e", json={"instances": ["x"]})
+    assert response.status_code == 200 and len(response.json()["predictions"]) == 1
+
+
+# --- readiness and faults ---------------------------------------------------------------------
+
+
+def test_not_ready_until_loaded_and_a_failed_load_is_reported(tmp_path: Any) -> None:
+    lines: list[str] = []
+    config = make_config(model={"id": str(tmp_path / "missing")})
+    with TestClient(create_app(config, on_fatal=lines.append)) as client:
+        assert client.get("/readiness").status_code == 503
+        assert client.get("/readiness").json() == {"status": "not ready"}
+        busy = client.post("/clip/embed_text", json=rf_text())
+        assert busy.status_code == 503 and busy.headers["retry-after"] == "1"
+        assert busy.json() == {"message": "Model is temporarily not ready - retry request."}
+        assert client.post("/score", json=azure_text("x")).status_code == 503
+        assert client.get("/").text == "Healthy"  # liveness is not readiness
+    assert len(lines) == 1 and "--model DIR" in lines[0] and "random:tiny" in lines[0]
+
+
+class FlakyEngine:
+    """Delegates to the real engine; fails the batches it is told to."""
+
+    def __init__(self, inner: ClipEngine) -> None:
+        self.inner = inner
+        self.card: ModelCard = inner.card
+        self.fail_next = threading.Event()
+
+    def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
+        return self.inner.tokenize(texts)
+
+    def preprocess(self, image: Any) -> np.ndarray:
+        return self.inner.preprocess(image)
+
+    def embed_texts(self, batch: Sequence[Sequence[int]]) -> np.ndarray:
+        if self.fail_next.is_set():
+            self.fail_next.clear()
+            raise RuntimeError("CUDA error: secret internals /srv/model/weights")
+        return self.inner.embed_texts(batch)
+
+    def embed_images(self, batch: Sequence[np.ndarray]) -> np.ndarray:
+        return self.inner.embed_images(batch)
+
+
+def test_a_model_error_fails_its_request_and_the_server_goes_on(engine: ClipEngine) -> None:
+    flaky = FlakyEngine(engine)
+    with TestClient(create_app(make_config(), engine=flaky)) as client:
+        flaky.fail_next.set()
+        failed = client.post("/clip/embed_text", json=rf_text())
+        assert failed.status_code == 500 and failed.json() == {"message": "Internal error."}
+        flaky.fail_next.set()
+        azure = client.post("/score", json=azure_text("x"))
+        assert azure.status_code == 500
+        assert azure.json() == {"message": "An unexpected internal error occurred. Check the logs for more info."}
+        assert azure.headers["x-ms-run-function-failed"] == "True"
+        flaky.fail_next.set()
+        samba = client.post("/api/predict/nlp/p/e", json={"inputs": ["x"]})
+        assert samba.status_code == 500 and "secret" not in samba.text
+        assert client.post("/clip/embed_text", json=rf_text()).status_code == 200
+
+
+def test_a_bad_image_fails_only_its_own_request(client: TestClient) -> None:
+    results: dict[str, int] = {}
+
+    def call(name: str, value: str) -> None:
+        body = {"image": {"type": "base64", "value": value}}
+        results[name] = client.post("/clip/embed_image", json=body).status_code
+
+    threads = [threading.Thread(target=call, args=(f"good{i}", JPEG_B64)) for i in range(4)]
+    threads.append(threading.Thread(target=call, args=("bad", base64.b64encode(b"not an image").decode())))
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert results.pop("bad") == 400
+    assert set(results.values()) == {200}
+
+
+# --- vendor details ---------------------------------------------------------------------------
+
+
+def test_url_images_are_off_by_default_with_a_way_to_turn_them_on(client: TestClient) -> None:
+    response = client.post("/clip/embed_image", json={"image": {"type": "url", "value": "https://example.com/a.jpg"}})
+    assert response.status_code == 400
+    assert "images.allow_url" in response.json()["message"]
+    azure = client.post("/score", json={"input_data": {"columns": ["image", "text"], "data": [["https://example.com/a.jpg", ""]]}})
+    assert azure.status_code == 400 and "allow_url" in azure.json()["message"]
+
+
+def test_azure_content_type_and_request_ids(client: TestClient) -> None:
+    plain = client.post("/score", content=b'{"input_data": {}}', headers={"content-type": "text/plain"})
+    assert plain.status_code == 415
+    assert plain.json() == {"message": "Expects Content-Type to be application/json"}
+    charset = client.post("/score", content=b'{"input_data": {"columns": ["image", "text"], "data": [["", "x"]]}}',
+                          headers={"content-type": "application/json; charset=utf-8", "x-ms-client-request-id": "abc",
+                                   "azureml-model-deployment": "blue"})
+    assert charset.status_code == 200
+    assert charset.headers["x-ms-client-request-id"] == "abc"
+    assert charset.headers["x-ms-request-id"] == charset.headers["x-request-id"]
+    bad_json = client.post("/score", content=b"{nope", headers={"content-type": "application/json"})
+    assert bad_json.status_code == 400 and bad_json.json()["message"].startswith("POST body could not be decoded as JSON: ")
+
+
+def test_swagger_describes_score(client: TestClient) -> None:
+    doc = client.get("/swagger.json").json()
+    assert doc["swagger"] == "2.0" and "post" in doc["paths"]["/score"]
+
+
+def test_compare_similarity_is_the_cosine_of_the_embeddings(client: TestClient) -> None:
+    texts = ["a photo of a cat", "a photo of a dog"]
+    image = client.post("/clip/embed_image", json={"image": {"type": "base64", "value": JPEG_B64}}).json()["embeddings"][0]
+    vectors = client.post("/clip/embed_text", json=rf_text(texts)).json()["embeddings"]
+    compare = client.post("/clip/compare", json={"subject": {"type": "base64", "value": JPEG_B64}, "prompt": texts}).json()
+    a = np.asarray(image)
+    expected = [float(a @ np.asarray(v) / np.linalg.norm(a) / np.linalg.norm(v)) for v in vectors]
+    assert compare["similarity"] == pytest.approx(expected, abs=1e-5)
+    reverse = client.post("/clip/compare", json={"subject": texts[0], "subject_type": "text",
+                                                 "prompt": {"only": {"type": "base64", "value": JPEG_B64}}, "prompt_type": "image"}).json()
+    assert reverse["similarity"]["only"] == pytest.approx(expected[0], abs=1e-5)
+
+
+def test_roboflow_model_names(client: TestClient) -> None:
+    assert client.post("/clip/embed_text", json=rf_text(clip_version_id=None)).status_code == 200
+    assert client.post("/clip/embed_text", json=rf_text(clip_version_id="ViT-B-32")).status_code == 200
+    assert client.post("/clip/embed_text", json=rf_text(clip_version_id="ViT-L-14")).status_code == 404
+    registry = client.get("/model/registry").json()
+    assert registry["models"][0]["model_id"] == "clip/ViT-B-32"
+
+
+def test_vectors_are_raw_float32_values(client: TestClient, engine: ClipEngine) -> None:
+    vector = client.post("/api/predict/nlp/p/e", json={"inputs": ["a cat"]}).json()["data"][0]
+    direct = engine.embed_texts(engine.tokenize(["a cat"]))[0]
+    assert np.array_equal(np.asarray(vector, dtype=np.float32), direct)
+    assert abs(float(np.linalg.norm(direct)) - 1.0) > 1e-3  # not normalized
