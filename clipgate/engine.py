@@ -12,6 +12,7 @@ from typing import Protocol
 import numpy as np
 import torch
 from PIL import Image
+from tokenizers import Tokenizer
 
 from clipgate import emulator
 from clipgate.canonical import ModelCard
@@ -100,12 +101,31 @@ def pick_dtype(name: str, device: torch.device) -> torch.dtype:
     return _DTYPES[name]
 
 
+def load_tokenizer(path: Path) -> tuple[Tokenizer, int]:
+    """The checkpoint's fast tokenizer as a bare `tokenizers.Tokenizer`, and its padding id.
+
+    `tokenizer.json` is read directly (the quick way); a checkpoint that ships only the BPE
+    files (vocab.json, merges.txt) goes through transformers, which builds the same thing."""
+    config_file = path / "tokenizer_config.json"
+    settings = json.loads(config_file.read_text()) if config_file.is_file() else {}
+    if (path / "tokenizer.json").is_file():
+        tokenizer = Tokenizer.from_file(str(path / "tokenizer.json"))
+    else:
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(path).backend_tokenizer
+    pad = settings.get("pad_token")
+    pad_text = pad.get("content") if isinstance(pad, dict) else pad
+    pad_id = tokenizer.token_to_id(pad_text) if isinstance(pad_text, str) else None
+    return tokenizer, int(pad_id or 0)
+
+
 class ClipEngine:
     """A Hugging Face `CLIPModel` with its tokenizer and preprocessing. Not thread-safe: one
     thread (the batcher's) calls `embed_*`; `tokenize` and `preprocess` are safe anywhere."""
 
-    def __init__(self, model: torch.nn.Module, tokenizer: object, transform: ImageTransform, card: ModelCard,
-                 *, truncate: bool) -> None:
+    def __init__(self, model: torch.nn.Module, tokenizer: Tokenizer, transform: ImageTransform, card: ModelCard,
+                 *, pad_id: int, truncate: bool) -> None:
         self.model = model
         self.tokenizer = tokenizer
         self.transform = transform
@@ -113,11 +133,16 @@ class ClipEngine:
         self.truncate = truncate
         self._device = next(model.parameters()).device
         self._dtype = next(model.parameters()).dtype
-        self._pad_id = int(getattr(tokenizer, "pad_token_id", None) or 0)
+        self._pad_id = pad_id
+        tokenizer.no_padding()
+        if truncate:
+            tokenizer.enable_truncation(card.max_text_tokens)  # keeps the end-of-text token last
+        else:
+            tokenizer.no_truncation()
 
     @classmethod
     def load(cls, cfg: ModelConfig) -> ClipEngine:
-        from transformers import AutoTokenizer, CLIPModel
+        from transformers import CLIPModel
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
@@ -129,7 +154,7 @@ class ClipEngine:
             torch.set_num_threads(cfg.torch_threads)
         try:
             model = CLIPModel.from_pretrained(path, dtype=dtype, use_safetensors=True)
-            tokenizer = AutoTokenizer.from_pretrained(path)
+            tokenizer, pad_id = load_tokenizer(path)
             processor_cfg = json.loads((path / "preprocessor_config.json").read_text())
             transform = ImageTransform.from_processor_config(processor_cfg)
         except (OSError, ValueError, KeyError) as exc:
@@ -148,12 +173,11 @@ class ClipEngine:
         )
         log.info("loaded %s from %s on %s as %s in %.1f s", cfg.id, path, card.device, card.dtype,
                  time.perf_counter() - started)
-        return cls(model, tokenizer, transform, card, truncate=cfg.truncate_text)
+        return cls(model, tokenizer, transform, card, pad_id=pad_id, truncate=cfg.truncate_text)
 
     def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
         limit = self.card.max_text_tokens
-        encoded = self.tokenizer(list(texts), truncation=self.truncate, max_length=limit)  # type: ignore[operator]
-        ids: list[list[int]] = encoded["input_ids"]
+        ids = [encoding.ids for encoding in self.tokenizer.encode_batch(list(texts))]
         for i, row in enumerate(ids):
             if len(row) > limit:
                 raise InvalidRequest(

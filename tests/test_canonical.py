@@ -1,0 +1,104 @@
+"""Base64 image strings in the forms clients send them, and the URL policy with a fake resolver."""
+
+from __future__ import annotations
+
+import base64
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from clipgate.canonical import image_from_base64
+from clipgate.errors import ImageError
+from clipgate.urls import UrlPolicy, check_url
+
+
+@given(st.binary(min_size=1, max_size=600))
+@settings(max_examples=200, deadline=None)
+def test_every_client_encoding_round_trips(data: bytes) -> None:
+    plain = base64.b64encode(data).decode()
+    forms = [
+        plain,
+        base64.encodebytes(data).decode(),  # Azure samples: a newline every 76 characters
+        "data:image/png;base64," + plain,  # browsers and some SDKs
+        base64.urlsafe_b64encode(data).decode().rstrip("="),
+        plain.rstrip("="),
+        "\r\n".join(plain[i : i + 64] for i in range(0, len(plain), 64)),
+    ]
+    for form in forms:
+        assert image_from_base64(form).data == data
+
+
+@given(st.text(max_size=200))
+@settings(max_examples=300, deadline=None)
+def test_any_string_decodes_or_is_an_image_error(value: str) -> None:
+    try:
+        result = image_from_base64(value)
+    except ImageError:
+        return
+    assert result.data
+
+
+@pytest.mark.parametrize("value", ["", "   ", "\n", "data:image/png;base64,"])
+def test_empty_payload(value: str) -> None:
+    with pytest.raises(ImageError, match="Empty image payload"):
+        image_from_base64(value)
+
+
+@pytest.mark.parametrize("value", ["abc!", "a", "zzzzz", "ab=c", "héllo", "abcd===="])
+def test_malformed(value: str) -> None:
+    with pytest.raises(ImageError, match="Malformed base64"):
+        image_from_base64(value)
+
+
+def resolver(table: dict[str, list[str]]):  # type: ignore[no-untyped-def]
+    def resolve(host: str, port: int) -> list[str]:
+        if host not in table:
+            raise OSError("no such host")
+        return table[host]
+
+    return resolve
+
+
+DNS = resolver(
+    {
+        "images.example.com": ["93.184.216.34"],
+        "internal.example.com": ["10.0.0.5"],
+        "mixed.example.com": ["93.184.216.34", "127.0.0.1"],
+        "mapped.example.com": ["::ffff:169.254.169.254"],
+        "cgnat.example.com": ["100.64.1.1"],
+        "ula.example.com": ["fd00::1"],
+    }
+)
+
+
+@pytest.mark.parametrize(
+    ("url", "policy", "problem"),
+    [
+        pytest.param("https://images.example.com/a.jpg", UrlPolicy(), None, id="ok"),
+        pytest.param("http://images.example.com/a.jpg", UrlPolicy(), "https", id="http-refused"),
+        pytest.param("http://images.example.com/a.jpg", UrlPolicy(allow_http=True), None, id="http-allowed"),
+        pytest.param("file:///etc/passwd", UrlPolicy(), "https", id="file-scheme"),
+        pytest.param("https://127.0.0.1/a.jpg", UrlPolicy(), "IP address", id="ip-literal"),
+        pytest.param("https://[::1]/a.jpg", UrlPolicy(), "IP address", id="ipv6-literal"),
+        pytest.param("https://localhost/a.jpg", UrlPolicy(), "fully qualified", id="single-label"),
+        pytest.param("https://internal.example.com/a", UrlPolicy(), "not public", id="private"),
+        pytest.param("https://mixed.example.com/a", UrlPolicy(), "not public", id="one-private-answer"),
+        pytest.param("https://mapped.example.com/a", UrlPolicy(), "not public", id="ipv4-mapped-link-local"),
+        pytest.param("https://cgnat.example.com/a", UrlPolicy(), "not public", id="cgnat"),
+        pytest.param("https://ula.example.com/a", UrlPolicy(), "not public", id="ula"),
+        pytest.param("https://nowhere.example.com/a", UrlPolicy(), "cannot be resolved", id="nxdomain"),
+        pytest.param("https://localhost:6666\\@images.example.com/", UrlPolicy(), "backslash", id="backslash-authority"),
+        pytest.param("https://user:pw@images.example.com/", UrlPolicy(), "credentials", id="userinfo"),
+        pytest.param("https://images.example.com/", UrlPolicy(deny_hosts=("example.com",)), "not allowed", id="denied"),
+        pytest.param("https://images.example.com/", UrlPolicy(allow_hosts=("other.org",)), "not allowed", id="not-allowed"),
+        pytest.param("https://images.example.com/", UrlPolicy(allow_hosts=("example.com",)), None, id="allowed-subdomain"),
+        pytest.param("https://evilexample.com/", UrlPolicy(allow_hosts=("example.com",)), "not allowed", id="suffix-trick"),
+    ],
+)
+def test_url_policy(url: str, policy: UrlPolicy, problem: str | None) -> None:
+    if problem is None:
+        check_url(url, policy, DNS)
+    else:
+        with pytest.raises(ImageError, match=problem):
+            check_url(url, policy, DNS)
