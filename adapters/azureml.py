@@ -9,7 +9,16 @@ from collections.abc import Mapping
 from typing import Any
 
 from clipgate.adapter import Adapter, Body, Operation, Reply, ServerState
-from clipgate.canonical import JSON, EmbedRequest, EmbedResult, ImageInput, Item, RequestMeta, TextInput, image_from_base64
+from clipgate.canonical import (
+    JSON,
+    EmbedRequest,
+    EmbedResult,
+    ImageInput,
+    Item,
+    RequestMeta,
+    TextInput,
+    image_from_base64,
+)
 from clipgate.errors import ClipgateError, InternalError, Overloaded, SchemaError
 
 COLUMNS = ("image", "text")
@@ -77,7 +86,7 @@ def parse_score(body: Body, meta: RequestMeta) -> EmbedRequest:
     if not has_images and not has_text:
         raise SchemaError(UNSUPPORTED_INPUT)
     items: list[Item] = []
-    for image, text in zip(images, texts):
+    for image, text in zip(images, texts, strict=True):
         if has_images:
             items.append(_image(image))  # type: ignore[arg-type]
         if has_text:
@@ -133,29 +142,44 @@ def health(state: ServerState, meta: RequestMeta) -> Reply:
 def swagger(state: ServerState, meta: RequestMeta) -> Reply:
     width = state.card.dim if state.card is not None else 512
     example = {"input_data": {"columns": list(COLUMNS), "index": [0], "data": [["<base64 image or https URL>", ""]]}}
-    return Reply(200, {
-        "swagger": "2.0",
-        "info": {"title": "clipgate (Azure ML online endpoint)", "version": state.version},
-        "schemes": ["http", "https"],
-        "consumes": ["application/json"],
-        "produces": ["application/json"],
-        "paths": {
-            "/": {"get": {"operationId": "ServiceHealthCheck", "responses": {"200": {"description": "Healthy"}}}},
-            "/score": {
-                "post": {
-                    "operationId": "RunMLService",
-                    "parameters": [{"name": "serviceInputPayload", "in": "body", "required": True,
-                                    "schema": {"type": "object", "example": example}}],
-                    "responses": {
-                        "200": {"description": f"One object per row: image_features and/or text_features ({width} floats each)"},
-                        "400": {"description": "Bad request", "schema": {"$ref": "#/definitions/ErrorResponse"}},
-                        "415": {"description": "Unsupported media type", "schema": {"$ref": "#/definitions/ErrorResponse"}},
-                    },
-                }
+    return Reply(
+        200,
+        {
+            "swagger": "2.0",
+            "info": {"title": "clipgate (Azure ML online endpoint)", "version": state.version},
+            "schemes": ["http", "https"],
+            "consumes": ["application/json"],
+            "produces": ["application/json"],
+            "paths": {
+                "/": {"get": {"operationId": "ServiceHealthCheck", "responses": {"200": {"description": "Healthy"}}}},
+                "/score": {
+                    "post": {
+                        "operationId": "RunMLService",
+                        "parameters": [
+                            {
+                                "name": "serviceInputPayload",
+                                "in": "body",
+                                "required": True,
+                                "schema": {"type": "object", "example": example},
+                            }
+                        ],
+                        "responses": {
+                            "200": {
+                                "description": f"One object per row: image_features and/or text_features, "
+                                f"{width} floats each"
+                            },
+                            "400": {"description": "Bad request", "schema": {"$ref": "#/definitions/ErrorResponse"}},
+                            "415": {
+                                "description": "Unsupported media type",
+                                "schema": {"$ref": "#/definitions/ErrorResponse"},
+                            },
+                        },
+                    }
+                },
             },
+            "definitions": {"ErrorResponse": {"type": "object", "properties": {"message": {"type": "string"}}}},
         },
-        "definitions": {"ErrorResponse": {"type": "object", "properties": {"message": {"type": "string"}}}},
-    })
+    )
 
 
 ADAPTER = Adapter(

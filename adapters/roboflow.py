@@ -7,7 +7,16 @@ from collections.abc import Mapping
 from typing import Any
 
 from clipgate.adapter import Adapter, Body, Operation, Reply, ServerState
-from clipgate.canonical import JSON, EmbedRequest, EmbedResult, ImageInput, Item, RequestMeta, TextInput, image_from_base64
+from clipgate.canonical import (
+    JSON,
+    EmbedRequest,
+    EmbedResult,
+    ImageInput,
+    Item,
+    RequestMeta,
+    TextInput,
+    image_from_base64,
+)
 from clipgate.errors import ClipgateError, ImageError, InvalidRequest, NotReady, SchemaError, Unauthorized, UnknownModel
 
 NOT_FOUND = (
@@ -25,7 +34,11 @@ REFUSED_TYPES = {
 
 def _object(body: Body) -> dict[str, Any]:
     if not isinstance(body, dict):
-        raise SchemaError("Input should be a valid dictionary or object to extract fields from", loc=("body",), kind="model_attributes_type")
+        raise SchemaError(
+            "Input should be a valid dictionary or object to extract fields from",
+            loc=("body",),
+            kind="model_attributes_type",
+        )
     return body
 
 
@@ -45,10 +58,16 @@ def _model(body: dict[str, Any]) -> str | None:
 def _image(value: Any, loc: tuple[str | int, ...]) -> ImageInput:
     """An image object `{"type": ..., "value": ...}`."""
     if not isinstance(value, dict):
-        raise SchemaError("Input should be a valid dictionary or object to extract fields from", loc=loc, kind="model_attributes_type")
+        raise SchemaError(
+            "Input should be a valid dictionary or object to extract fields from", loc=loc, kind="model_attributes_type"
+        )
     kind, data = value.get("type"), value.get("value")
     if not isinstance(kind, str):
-        raise SchemaError("Field required" if kind is None else "Input should be a valid string", loc=(*loc, "type"), kind="missing" if kind is None else "string_type")
+        raise SchemaError(
+            "Field required" if kind is None else "Input should be a valid string",
+            loc=(*loc, "type"),
+            kind="missing" if kind is None else "string_type",
+        )
     kind = kind.lower()
     if kind in REFUSED_TYPES:
         raise ImageError(REFUSED_TYPES[kind])
@@ -78,7 +97,9 @@ def parse_embed_image(body: Body, meta: RequestMeta) -> EmbedRequest:
     values = value if isinstance(value, list) else [value]
     if isinstance(value, list) and not value:
         raise InvalidRequest("The image list is empty.")
-    items = [_image(v, ("body", "image", i) if isinstance(value, list) else ("body", "image")) for i, v in enumerate(values)]
+    items = [
+        _image(v, ("body", "image", i) if isinstance(value, list) else ("body", "image")) for i, v in enumerate(values)
+    ]
     return EmbedRequest(items=items, model=_model(obj))
 
 
@@ -114,8 +135,9 @@ def parse_compare(body: Body, meta: RequestMeta) -> EmbedRequest:
     def one(value: Any, kind: str, loc: tuple[str | int, ...]) -> Item:
         return _text(value, loc) if kind == "text" else _untyped_image(value, loc)
 
+    names: list[str | int] = list(keys) if keys is not None else list(range(len(prompts)))
     items = [one(subject, subject_type, ("body", "subject"))]
-    items += [one(p, prompt_type, ("body", "prompt", k)) for k, p in zip(keys or range(len(prompts)), prompts)]
+    items += [one(p, prompt_type, ("body", "prompt", k)) for k, p in zip(names, prompts, strict=True)]
     return EmbedRequest(items=items, model=_model(obj), context=keys)
 
 
@@ -130,7 +152,7 @@ def render_embeddings(result: EmbedResult, request: EmbedRequest) -> JSON:
 def render_compare(result: EmbedResult, request: EmbedRequest) -> JSON:
     scores = [result.cosine(0, i) for i in range(1, len(result.vectors))]
     keys: list[str] | None = request.context
-    similarity: JSON = dict(zip(keys, scores)) if keys is not None else scores
+    similarity: JSON = dict(zip(keys, scores, strict=True)) if keys is not None else scores
     return {**_base(result), "similarity": similarity, "parent_id": None}
 
 

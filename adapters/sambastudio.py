@@ -80,7 +80,7 @@ def render_predictions(result: EmbedResult, request: EmbedRequest) -> JSON:
 
 
 def render_items(result: EmbedResult, request: EmbedRequest) -> JSON:
-    return {"items": [{"id": i, "value": v} for i, v in zip(request.context, result.vectors)]}
+    return {"items": [{"id": i, "value": v} for i, v in zip(request.context, result.vectors, strict=True)]}
 
 
 def render_error(err: ClipgateError) -> Reply:

@@ -61,7 +61,9 @@ def create_app(
     async def load() -> None:
         loop = asyncio.get_running_loop()
         try:
-            model: Engine = engine if engine is not None else await loop.run_in_executor(None, ClipEngine.load, config.model)
+            model: Engine = (
+                engine if engine is not None else await loop.run_in_executor(None, ClipEngine.load, config.model)
+            )
         except ModelLoadError as exc:
             fail(str(exc))
             return

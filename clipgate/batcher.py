@@ -28,7 +28,7 @@ class Lane:
     """One kind of work: the function that runs a batch of payloads (one row back per payload,
     in order), and the largest batch it takes."""
 
-    run: Callable[[list[Any]], Sequence[Any]]
+    run: Callable[[list[Any]], Any]  # a sequence of rows, or an array with one row per payload
     max_batch: int
 
 
@@ -81,7 +81,7 @@ class Batcher:
         loop = asyncio.get_running_loop()
         now = time.monotonic()
         futures = [loop.create_future() for _ in payloads]
-        self._queues[lane].extend(_Entry(p, f, now) for p, f in zip(payloads, futures))
+        self._queues[lane].extend(_Entry(p, f, now) for p, f in zip(payloads, futures, strict=True))
         self._wakeup.set()
         return futures
 
@@ -147,6 +147,6 @@ class Batcher:
             return
         finally:
             self.batches_run += 1
-        for entry, row in zip(batch, rows):
+        for entry, row in zip(batch, rows, strict=True):
             if not entry.future.done():
                 entry.future.set_result(row)

@@ -68,8 +68,14 @@ def serve(config: Config) -> int:
 
     app = create_app(config, on_fatal=on_fatal)
     server = uvicorn.Server(
-        uvicorn.Config(app, host=config.server.host, port=config.server.port, log_level=config.server.log_level,
-                       lifespan="on", timeout_graceful_shutdown=30)
+        uvicorn.Config(
+            app,
+            host=config.server.host,
+            port=config.server.port,
+            log_level=config.server.log_level,
+            lifespan="on",
+            timeout_graceful_shutdown=30,
+        )
     )
     server.run()
     if fatal:

@@ -149,7 +149,11 @@ def _coerce(where: str, hint: Any, value: Any, *, from_env: bool) -> Any:
     if hint is bool:
         if isinstance(value, bool):
             return value
-        if from_env and isinstance(value, str) and value.strip().lower() in ("1", "true", "yes", "on", "0", "false", "no", "off", ""):
+        if (
+            from_env
+            and isinstance(value, str)
+            and value.strip().lower() in ("1", "true", "yes", "on", "0", "false", "no", "off", "")
+        ):
             return value.strip().lower() in ("1", "true", "yes", "on")
     elif hint is int:
         if isinstance(value, int) and not isinstance(value, bool):

@@ -61,7 +61,9 @@ def checkpoint_dir(model_id: str, root: Path | None = None) -> Path:
     """The folder of an emulator checkpoint, built on first use. Raises ValueError for an unknown kind."""
     kind = model_id[len(PREFIX) :]
     if kind not in _SHAPES:
-        raise ValueError(f"unknown emulator model {model_id!r}; choose one of: " + ", ".join(PREFIX + k for k in kinds()))
+        raise ValueError(
+            f"unknown emulator model {model_id!r}; choose one of: " + ", ".join(PREFIX + k for k in kinds())
+        )
     import torch
     import transformers
 
@@ -95,7 +97,7 @@ def build_checkpoint(kind: str, out: Path) -> None:
         projection_dim=512,
     )
     torch.manual_seed(SEED)
-    model = CLIPModel(config).eval()
+    model = CLIPModel(config)
     model.save_pretrained(out)
     with resources.as_file(resources.files("clipgate") / "data" / "clip-tokenizer") as vocab_dir:
         tokenizer = CLIPTokenizer.from_pretrained(str(vocab_dir), model_max_length=77)

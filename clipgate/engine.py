@@ -7,10 +7,11 @@ import logging
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import torch
+from numpy.typing import NDArray
 from PIL import Image
 from tokenizers import Tokenizer
 
@@ -18,7 +19,10 @@ from clipgate import emulator
 from clipgate.canonical import ModelCard
 from clipgate.config import ModelConfig
 from clipgate.errors import InvalidRequest
-from clipgate.images import ImageTransform
+from clipgate.images import ImageTransform, Pixels
+
+Vectors = NDArray[np.float32]
+"""Embeddings: float32, (n, dim), unnormalized."""
 
 log = logging.getLogger("clipgate.engine")
 
@@ -46,18 +50,18 @@ class Engine(Protocol):
 
     def tokenize(self, texts: Sequence[str]) -> list[list[int]]: ...
 
-    def preprocess(self, image: Image.Image) -> np.ndarray: ...
+    def preprocess(self, image: Image.Image) -> Pixels: ...
 
-    def embed_texts(self, batch: Sequence[Sequence[int]]) -> np.ndarray: ...
+    def embed_texts(self, batch: Sequence[Sequence[int]]) -> Vectors: ...
 
-    def embed_images(self, batch: Sequence[np.ndarray]) -> np.ndarray: ...
+    def embed_images(self, batch: Sequence[Pixels]) -> Vectors: ...
 
 
 def resolve_checkpoint(cfg: ModelConfig) -> Path:
     """Find the checkpoint folder for `cfg.id`: an emulator kind, a local folder, or a hub id
     (from the local cache, downloading only when allowed). Raises ModelLoadError."""
     model_id = cfg.id
-    hint = f"pass --model DIR (a local CLIP checkpoint folder) or --model random:tiny (random weights, no download)"
+    hint = "pass --model DIR (a local CLIP checkpoint folder) or --model random:tiny (random weights, no download)"
     if emulator.is_emulator(model_id):
         try:
             return emulator.checkpoint_dir(model_id)
@@ -75,7 +79,9 @@ def resolve_checkpoint(cfg: ModelConfig) -> Path:
         return Path(snapshot_download(model_id, allow_patterns=patterns, local_files_only=True))
     except Exception as exc:  # noqa: BLE001 - any miss means: try the network, or give up
         if not cfg.allow_download:
-            raise ModelLoadError(f"model {model_id} is not in the local Hugging Face cache and downloads are off; {hint}") from exc
+            raise ModelLoadError(
+                f"model {model_id} is not in the local Hugging Face cache and downloads are off; {hint}"
+            ) from exc
     try:
         return Path(snapshot_download(model_id, allow_patterns=patterns, etag_timeout=cfg.download_timeout_s))
     except Exception as exc:  # noqa: BLE001 - network, auth or not-found: all end the same way
@@ -124,8 +130,16 @@ class ClipEngine:
     """A Hugging Face `CLIPModel` with its tokenizer and preprocessing. Not thread-safe: one
     thread (the batcher's) calls `embed_*`; `tokenize` and `preprocess` are safe anywhere."""
 
-    def __init__(self, model: torch.nn.Module, tokenizer: Tokenizer, transform: ImageTransform, card: ModelCard,
-                 *, pad_id: int, truncate: bool) -> None:
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Tokenizer,
+        transform: ImageTransform,
+        card: ModelCard,
+        *,
+        pad_id: int,
+        truncate: bool,
+    ) -> None:
         self.model = model
         self.tokenizer = tokenizer
         self.transform = transform
@@ -145,7 +159,7 @@ class ClipEngine:
         from transformers import CLIPModel
         from transformers.utils import logging as hf_logging
 
-        hf_logging.disable_progress_bar()
+        hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
         started = time.perf_counter()
         path = resolve_checkpoint(cfg)
         device = pick_device(cfg.device)
@@ -160,7 +174,7 @@ class ClipEngine:
         except (OSError, ValueError, KeyError) as exc:
             first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
             raise ModelLoadError(f"cannot load a CLIP checkpoint from {path}: {first}") from exc
-        model = model.to(device).eval()
+        model = model.to(device).eval()  # type: ignore[arg-type]
         text_cfg = model.config.text_config
         card = ModelCard(
             name=cfg.id,
@@ -171,8 +185,14 @@ class ClipEngine:
             device=str(device),
             dtype=str(dtype).removeprefix("torch."),
         )
-        log.info("loaded %s from %s on %s as %s in %.1f s", cfg.id, path, card.device, card.dtype,
-                 time.perf_counter() - started)
+        log.info(
+            "loaded %s from %s on %s as %s in %.1f s",
+            cfg.id,
+            path,
+            card.device,
+            card.dtype,
+            time.perf_counter() - started,
+        )
         return cls(model, tokenizer, transform, card, pad_id=pad_id, truncate=cfg.truncate_text)
 
     def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
@@ -186,11 +206,11 @@ class ClipEngine:
                 )
         return ids
 
-    def preprocess(self, image: Image.Image) -> np.ndarray:
+    def preprocess(self, image: Image.Image) -> Pixels:
         return self.transform(image)
 
     @torch.inference_mode()
-    def embed_texts(self, batch: Sequence[Sequence[int]]) -> np.ndarray:
+    def embed_texts(self, batch: Sequence[Sequence[int]]) -> Vectors:
         width = max(len(row) for row in batch)
         ids = torch.full((len(batch), width), self._pad_id, dtype=torch.long)
         mask = torch.zeros((len(batch), width), dtype=torch.long)
@@ -201,13 +221,13 @@ class ClipEngine:
         return self._to_numpy(out)
 
     @torch.inference_mode()
-    def embed_images(self, batch: Sequence[np.ndarray]) -> np.ndarray:
+    def embed_images(self, batch: Sequence[Pixels]) -> Vectors:
         pixels = torch.from_numpy(np.stack(batch)).to(self._device, self._dtype)
         out = self.model.get_image_features(pixel_values=pixels)
         return self._to_numpy(out)
 
     @staticmethod
-    def _to_numpy(out: object) -> np.ndarray:
+    def _to_numpy(out: object) -> Vectors:
         features = out.pooler_output if hasattr(out, "pooler_output") else out
         assert isinstance(features, torch.Tensor)
         return features.float().cpu().numpy()

@@ -1,18 +1,18 @@
 """The clipgate error tree: each error carries its default HTTP status; adapters render it.
 
-    ClipgateError
-     ├─ InvalidRequest        400  wrong shape, bad base64, undecodable image, text too long
-     │   ├─ ImageError        400  an image cannot be read: bad base64, not an image, URL refused
-     │   └─ SchemaError       422  the body does not match the operation's schema at all
-     ├─ Unauthorized          401  credential missing or wrong
-     ├─ UnknownModel          404  the request names a model that is not served
-     ├─ NotFound              404  no such route
-     ├─ MethodNotAllowed      405
-     ├─ PayloadTooLarge       413  body, image or item count over the limits
-     ├─ UnsupportedMediaType  415  the body is not in a format the route reads
-     ├─ Overloaded            503  queue full; carries Retry-After
-     ├─ NotReady              503  the model is not loaded and warmed yet
-     └─ InternalError         500  anything unexpected: generic message, traceback to the log
+ClipgateError
+ ├─ InvalidRequest        400  wrong shape, bad base64, undecodable image, text too long
+ │   ├─ ImageError        400  an image cannot be read: bad base64, not an image, URL refused
+ │   └─ SchemaError       422  the body does not match the operation's schema at all
+ ├─ Unauthorized          401  credential missing or wrong
+ ├─ UnknownModel          404  the request names a model that is not served
+ ├─ NotFound              404  no such route
+ ├─ MethodNotAllowed      405
+ ├─ PayloadTooLarge       413  body, image or item count over the limits
+ ├─ UnsupportedMediaType  415  the body is not in a format the route reads
+ ├─ Overloaded            503  queue full; carries Retry-After
+ ├─ NotReady              503  the model is not loaded and warmed yet
+ └─ InternalError         500  anything unexpected: generic message, traceback to the log
 """
 
 from __future__ import annotations

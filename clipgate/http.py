@@ -6,11 +6,11 @@ import hmac
 import logging
 import re
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 import orjson
-from starlette.datastructures import UploadFile
+from starlette.datastructures import Headers, UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
@@ -95,8 +95,8 @@ def make_endpoint(adapter: Adapter, op: Operation, gateway: Gateway) -> Endpoint
             return _response(adapter.render_error(err), extra, err)
         except Exception:  # noqa: BLE001 - the traceback goes to the log, never to the caller
             log.exception("unhandled error on %s %s (request %s)", meta.method, meta.path, meta.request_id)
-            err = InternalError()
-            return _response(adapter.render_error(err), extra, err)
+            internal = InternalError()
+            return _response(adapter.render_error(internal), extra, internal)
 
     return endpoint
 
@@ -154,19 +154,21 @@ async def _read_body(request: Request, op: Operation, adapter: Adapter, meta: Re
 
 
 def _is_json_type(content_type: str) -> bool:
-    return content_type == "application/json" or (content_type.startswith("application/") and content_type.endswith("+json"))
+    return content_type == "application/json" or (
+        content_type.startswith("application/") and content_type.endswith("+json")
+    )
 
 
-async def _parse_multipart(headers: Mapping[str, str], raw: bytes, meta: RequestMeta) -> list[FormPart]:
+async def _parse_multipart(headers: Headers, raw: bytes, meta: RequestMeta) -> list[FormPart]:
     if meta.content_type != "multipart/form-data":
         raise InvalidRequest("Expected a multipart/form-data body.")
 
-    async def stream() -> AsyncIterator[bytes]:
+    async def stream() -> AsyncGenerator[bytes, None]:
         yield raw
 
     parser = MultiPartParser(
         headers, stream(), max_files=MAX_MULTIPART_PARTS, max_fields=MAX_MULTIPART_PARTS, max_part_size=len(raw) + 1
-    )  # type: ignore[arg-type]
+    )
     try:
         form = await parser.parse()
     except MultiPartException as exc:

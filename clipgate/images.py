@@ -7,11 +7,16 @@ import warnings
 from dataclasses import dataclass
 
 import numpy as np
+from numpy.typing import NDArray
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from clipgate.errors import ImageError, PayloadTooLarge
 
 DEFAULT_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP")
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+Pixels = NDArray[np.float32]
+"""A preprocessed image: float32, (3, height, width)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,9 +45,7 @@ def decode_image(data: bytes, limits: ImageLimits) -> Image.Image:
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(data), formats=list(limits.formats))
     except UnidentifiedImageError as exc:
-        raise ImageError(
-            "Data is not an image in a supported format (" + ", ".join(limits.formats) + ")."
-        ) from exc
+        raise ImageError("Data is not an image in a supported format (" + ", ".join(limits.formats) + ").") from exc
     except Image.DecompressionBombError as exc:
         raise PayloadTooLarge(f"The image has too many pixels; the limit is {limits.max_pixels}.") from exc
     except (OSError, ValueError, SyntaxError) as exc:
@@ -58,8 +61,7 @@ def decode_image(data: bytes, limits: ImageLimits) -> Image.Image:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             image.load()
-            image = ImageOps.exif_transpose(image)
-            return _to_rgb(image)
+            return _to_rgb(ImageOps.exif_transpose(image))
     except Image.DecompressionBombError as exc:
         raise PayloadTooLarge(f"The image has too many pixels; the limit is {limits.max_pixels}.") from exc
     except (OSError, ValueError, SyntaxError, EOFError) as exc:
@@ -91,8 +93,8 @@ class ImageTransform:
     shortest_edge: int = 224
     crop_height: int = 224
     crop_width: int = 224
-    mean: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)
-    std: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
+    mean: tuple[float, float, float] = CLIP_MEAN
+    std: tuple[float, float, float] = CLIP_STD
     rescale: float = 1 / 255
     resample: int = Image.Resampling.BICUBIC
 
@@ -113,8 +115,8 @@ class ImageTransform:
         for flag in ("do_resize", "do_center_crop", "do_rescale", "do_normalize"):
             if cfg.get(flag, True) is not True:
                 raise ValueError(f"unsupported image processor setting {flag}={cfg[flag]!r}")
-        mean = tuple(float(v) for v in cfg.get("image_mean", cls.mean))  # type: ignore[attr-defined]
-        std = tuple(float(v) for v in cfg.get("image_std", cls.std))  # type: ignore[attr-defined]
+        mean = tuple(float(v) for v in cfg.get("image_mean", CLIP_MEAN))  # type: ignore[attr-defined]
+        std = tuple(float(v) for v in cfg.get("image_std", CLIP_STD))  # type: ignore[attr-defined]
         return cls(
             shortest_edge=shortest,  # type: ignore[arg-type]
             crop_height=crop_h,  # type: ignore[arg-type]
@@ -125,7 +127,7 @@ class ImageTransform:
             resample=int(cfg.get("resample", Image.Resampling.BICUBIC)),  # type: ignore[call-overload]
         )
 
-    def __call__(self, image: Image.Image) -> np.ndarray:
+    def __call__(self, image: Image.Image) -> Pixels:
         """RGB image -> float32 array of shape (3, crop_height, crop_width)."""
         width, height = image.size
         short, long = (width, height) if width <= height else (height, width)
@@ -142,4 +144,3 @@ class ImageTransform:
         std = np.asarray(self.std, dtype=np.float32)
         out = (pixels.astype(np.float32) * scale - mean) / std
         return np.ascontiguousarray(out.transpose(2, 0, 1))
-

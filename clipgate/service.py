@@ -8,15 +8,13 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-import numpy as np
-
 from clipgate import urls
 from clipgate.batcher import Batcher, Lane
 from clipgate.canonical import EmbedRequest, EmbedResult, ImageInput, ModelCard, TextInput
 from clipgate.config import Config
 from clipgate.engine import Engine
 from clipgate.errors import ImageError, InvalidRequest, PayloadTooLarge, UnknownModel
-from clipgate.images import ImageLimits, decode_image
+from clipgate.images import ImageLimits, Pixels, decode_image
 
 
 class EmbeddingService:
@@ -38,7 +36,9 @@ class EmbeddingService:
             max_bytes=images.max_bytes,
         )
         self._resolver = resolver
-        self._decode_pool = ThreadPoolExecutor(max_workers=max(1, images.decode_threads), thread_name_prefix="clipgate-decode")
+        self._decode_pool = ThreadPoolExecutor(
+            max_workers=max(1, images.decode_threads), thread_name_prefix="clipgate-decode"
+        )
         self.batcher = Batcher(
             {
                 "image": Lane(run=engine.embed_images, max_batch=config.batching.max_batch_images),
@@ -84,16 +84,16 @@ class EmbeddingService:
             for fut in futures:  # a caller that went away frees its queue places
                 fut.cancel()
         vectors: list[Any] = [None] * len(items)
-        for index, row in zip(text_at + image_at, rows):
+        for index, row in zip(text_at + image_at, rows, strict=True):
             vectors[index] = row
         return EmbedResult(vectors=vectors, elapsed_s=time.perf_counter() - started)
 
-    async def _prepare_image(self, item: ImageInput) -> np.ndarray:
+    async def _prepare_image(self, item: ImageInput) -> Pixels:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._decode_pool, self._decode_job(item))
 
-    def _decode_job(self, item: ImageInput) -> Callable[[], np.ndarray]:
-        def job() -> np.ndarray:
+    def _decode_job(self, item: ImageInput) -> Callable[[], Pixels]:
+        def job() -> Pixels:
             data = item.data
             if data is None:
                 if not self.config.images.allow_url:

@@ -43,7 +43,9 @@ def check_url(url: str, policy: UrlPolicy, resolve: Resolver = system_resolver) 
         raise ImageError("The image URL is malformed.") from exc
     scheme = parts.scheme.lower()
     if scheme not in ("https", "http") or (scheme == "http" and not policy.allow_http):
-        raise ImageError("Only https:// image URLs are allowed" + ("" if policy.allow_http else " (images.allow_http_url)") + ".")
+        raise ImageError(
+            "Only https:// image URLs are allowed" + ("" if policy.allow_http else " (images.allow_http_url)") + "."
+        )
     host = (parts.hostname or "").rstrip(".").lower()
     if not host:
         raise ImageError("The image URL has no host.")

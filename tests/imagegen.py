@@ -40,7 +40,9 @@ def sample(fmt: str, seed: int = 0) -> bytes:
         return encode(image, "JPEG", quality=90)
     if fmt == "gif":
         return encode(image.convert("P", palette=Image.Palette.ADAPTIVE), "GIF")
-    return encode(image, {"png": "PNG", "webp": "WEBP", "bmp": "BMP"}[fmt], **({"lossless": True} if fmt == "webp" else {}))
+    return encode(
+        image, {"png": "PNG", "webp": "WEBP", "bmp": "BMP"}[fmt], **({"lossless": True} if fmt == "webp" else {})
+    )
 
 
 def with_exif_orientation(image: Image.Image, orientation: int) -> bytes:

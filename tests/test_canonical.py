@@ -88,12 +88,20 @@ DNS = resolver(
         pytest.param("https://cgnat.example.com/a", UrlPolicy(), "not public", id="cgnat"),
         pytest.param("https://ula.example.com/a", UrlPolicy(), "not public", id="ula"),
         pytest.param("https://nowhere.example.com/a", UrlPolicy(), "cannot be resolved", id="nxdomain"),
-        pytest.param("https://localhost:6666\\@images.example.com/", UrlPolicy(), "backslash", id="backslash-authority"),
+        pytest.param(
+            "https://localhost:6666\\@images.example.com/", UrlPolicy(), "backslash", id="backslash-authority"
+        ),
         pytest.param("https://user:pw@images.example.com/", UrlPolicy(), "credentials", id="userinfo"),
         pytest.param("https://images.example.com/", UrlPolicy(deny_hosts=("example.com",)), "not allowed", id="denied"),
-        pytest.param("https://images.example.com/", UrlPolicy(allow_hosts=("other.org",)), "not allowed", id="not-allowed"),
-        pytest.param("https://images.example.com/", UrlPolicy(allow_hosts=("example.com",)), None, id="allowed-subdomain"),
-        pytest.param("https://evilexample.com/", UrlPolicy(allow_hosts=("example.com",)), "not allowed", id="suffix-trick"),
+        pytest.param(
+            "https://images.example.com/", UrlPolicy(allow_hosts=("other.org",)), "not allowed", id="not-allowed"
+        ),
+        pytest.param(
+            "https://images.example.com/", UrlPolicy(allow_hosts=("example.com",)), None, id="allowed-subdomain"
+        ),
+        pytest.param(
+            "https://evilexample.com/", UrlPolicy(allow_hosts=("example.com",)), "not allowed", id="suffix-trick"
+        ),
     ],
 )
 def test_url_policy(url: str, policy: UrlPolicy, problem: str | None) -> None:

@@ -15,7 +15,12 @@ ROOT = Path(__file__).resolve().parent.parent
 def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     full_env = {**os.environ, **(env or {})}
     return subprocess.run(
-        [sys.executable, "-m", "clipgate.cli", *args], capture_output=True, text=True, timeout=120, env=full_env, cwd=ROOT
+        [sys.executable, "-m", "clipgate.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=full_env,
+        cwd=ROOT,
     )
 
 

@@ -60,7 +60,9 @@ def match(expected: Any, actual: Any, where: str = "$") -> None:
             "$vector": lambda: is_vector(actual),
             "$vectors": lambda: isinstance(actual, list) and len(actual) == int(arg) and all(map(is_vector, actual)),
             "$float": lambda: isinstance(actual, (int, float)) and not isinstance(actual, bool),
-            "$float_or_null": lambda: actual is None or (isinstance(actual, (int, float)) and not isinstance(actual, bool)),
+            "$float_or_null": lambda: (
+                actual is None or (isinstance(actual, (int, float)) and not isinstance(actual, bool))
+            ),
             "$int": lambda: isinstance(actual, int) and not isinstance(actual, bool),
             "$string": lambda: isinstance(actual, str),
             "$string_or_null": lambda: actual is None or isinstance(actual, str),
@@ -76,7 +78,7 @@ def match(expected: Any, actual: Any, where: str = "$") -> None:
             match(value, actual[key], f"{where}.{key}")
     elif isinstance(expected, list):
         assert isinstance(actual, list) and len(actual) == len(expected), f"{where}: {str(actual)[:200]!r}"
-        for i, (e, a) in enumerate(zip(expected, actual)):
+        for i, (e, a) in enumerate(zip(expected, actual, strict=True)):
             match(e, a, f"{where}[{i}]")
     else:
         assert actual == expected and type(actual) is type(expected), f"{where}: {actual!r} != {expected!r}"
@@ -92,7 +94,11 @@ def send(client: TestClient, request: dict[str, Any]) -> Any:
         for name, part in request["multipart"].items():
             content = part["content"]
             data = substitute(content, raw=True) if content.startswith("$") else content.encode()
-            files[name] = (part["filename"], data) if part.get("content_type") is None else (part["filename"], data, part["content_type"])
+            files[name] = (
+                (part["filename"], data)
+                if part.get("content_type") is None
+                else (part["filename"], data, part["content_type"])
+            )
         kwargs["files"] = files
     elif "body" in request:
         kwargs["content"] = request["body"].encode()

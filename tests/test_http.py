@@ -255,7 +255,9 @@ def test_url_images_are_off_by_default_with_a_way_to_turn_them_on(client: TestCl
     response = client.post("/clip/embed_image", json={"image": {"type": "url", "value": "https://example.com/a.jpg"}})
     assert response.status_code == 400
     assert "images.allow_url" in response.json()["message"]
-    azure = client.post("/score", json={"input_data": {"columns": ["image", "text"], "data": [["https://example.com/a.jpg", ""]]}})
+    azure = client.post(
+        "/score", json={"input_data": {"columns": ["image", "text"], "data": [["https://example.com/a.jpg", ""]]}}
+    )
     assert azure.status_code == 400 and "allow_url" in azure.json()["message"]
 
 
@@ -263,14 +265,22 @@ def test_azure_content_type_and_request_ids(client: TestClient) -> None:
     plain = client.post("/score", content=b'{"input_data": {}}', headers={"content-type": "text/plain"})
     assert plain.status_code == 415
     assert plain.json() == {"message": "Expects Content-Type to be application/json"}
-    charset = client.post("/score", content=b'{"input_data": {"columns": ["image", "text"], "data": [["", "x"]]}}',
-                          headers={"content-type": "application/json; charset=utf-8", "x-ms-client-request-id": "abc",
-                                   "azureml-model-deployment": "blue"})
+    charset = client.post(
+        "/score",
+        content=b'{"input_data": {"columns": ["image", "text"], "data": [["", "x"]]}}',
+        headers={
+            "content-type": "application/json; charset=utf-8",
+            "x-ms-client-request-id": "abc",
+            "azureml-model-deployment": "blue",
+        },
+    )
     assert charset.status_code == 200
     assert charset.headers["x-ms-client-request-id"] == "abc"
     assert charset.headers["x-ms-request-id"] == charset.headers["x-request-id"]
     bad_json = client.post("/score", content=b"{nope", headers={"content-type": "application/json"})
-    assert bad_json.status_code == 400 and bad_json.json()["message"].startswith("POST body could not be decoded as JSON: ")
+    assert bad_json.status_code == 400 and bad_json.json()["message"].startswith(
+        "POST body could not be decoded as JSON: "
+    )
 
 
 def test_swagger_describes_score(client: TestClient) -> None:
@@ -280,14 +290,25 @@ def test_swagger_describes_score(client: TestClient) -> None:
 
 def test_compare_similarity_is_the_cosine_of_the_embeddings(client: TestClient) -> None:
     texts = ["a photo of a cat", "a photo of a dog"]
-    image = client.post("/clip/embed_image", json={"image": {"type": "base64", "value": JPEG_B64}}).json()["embeddings"][0]
+    image = client.post("/clip/embed_image", json={"image": {"type": "base64", "value": JPEG_B64}}).json()[
+        "embeddings"
+    ][0]
     vectors = client.post("/clip/embed_text", json=rf_text(texts)).json()["embeddings"]
-    compare = client.post("/clip/compare", json={"subject": {"type": "base64", "value": JPEG_B64}, "prompt": texts}).json()
+    compare = client.post(
+        "/clip/compare", json={"subject": {"type": "base64", "value": JPEG_B64}, "prompt": texts}
+    ).json()
     a = np.asarray(image)
     expected = [float(a @ np.asarray(v) / np.linalg.norm(a) / np.linalg.norm(v)) for v in vectors]
     assert compare["similarity"] == pytest.approx(expected, abs=1e-5)
-    reverse = client.post("/clip/compare", json={"subject": texts[0], "subject_type": "text",
-                                                 "prompt": {"only": {"type": "base64", "value": JPEG_B64}}, "prompt_type": "image"}).json()
+    reverse = client.post(
+        "/clip/compare",
+        json={
+            "subject": texts[0],
+            "subject_type": "text",
+            "prompt": {"only": {"type": "base64", "value": JPEG_B64}},
+            "prompt_type": "image",
+        },
+    ).json()
     assert reverse["similarity"]["only"] == pytest.approx(expected[0], abs=1e-5)
 
 

@@ -44,7 +44,10 @@ def test_core_modules_know_no_http(module: str) -> None:
         assert not name.startswith(("starlette", "uvicorn", "adapters")), f"{module} imports {name}"
 
 
-@pytest.mark.parametrize("module", ["canonical.py", "errors.py", "adapter.py", "http.py", "images.py", "service.py", "batcher.py", "config.py"])
+@pytest.mark.parametrize(
+    "module",
+    ["canonical.py", "errors.py", "adapter.py", "http.py", "images.py", "service.py", "batcher.py", "config.py"],
+)
 def test_torch_stays_in_the_engine(module: str) -> None:
     for name in imported_modules(ROOT / "clipgate" / module):
         assert not name.startswith(("torch", "transformers")), f"{module} imports {name}"
