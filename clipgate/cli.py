@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import sys
 from collections.abc import Sequence
 
@@ -46,6 +47,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     return serve(config)
 
 
+_SECRET_QUERY = re.compile(r"((?:^|[?&])(?:api_key|key|token)=)[^&#\s]*", re.IGNORECASE)
+
+
+class RedactSecrets(logging.Filter):
+    """Blank credentials in logged request paths: uvicorn's access log prints the query string,
+    and Roboflow clients may put their key there (`?api_key=...`)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple):
+            record.args = tuple(_SECRET_QUERY.sub(r"\1***", a) if isinstance(a, str) else a for a in record.args)
+        return True
+
+
 def serve(config: Config) -> int:
     import uvicorn
 
@@ -77,6 +91,7 @@ def serve(config: Config) -> int:
             timeout_graceful_shutdown=30,
         )
     )
+    logging.getLogger("uvicorn.access").addFilter(RedactSecrets())  # after uvicorn set up its loggers
     server.run()
     if fatal:
         print(f"clipgate: {fatal[0]}", file=sys.stderr)

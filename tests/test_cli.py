@@ -55,3 +55,25 @@ def test_unknown_emulator_kind_names_the_valid_ones() -> None:
     result = run_cli("serve", "--model", "random:huge")
     assert result.returncode == 2
     assert "random:base" in result.stderr and "random:tiny" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("path", "expected"),
+    [
+        pytest.param("/clip/embed_text?api_key=SECRET", "/clip/embed_text?api_key=***", id="only"),
+        pytest.param("/clip/compare?x=1&api_key=SECRET&y=2", "/clip/compare?x=1&api_key=***&y=2", id="middle"),
+        pytest.param("/clip/embed_text?API_KEY=SECRET", "/clip/embed_text?API_KEY=***", id="upper-case"),
+        pytest.param("/clip/embed_text?monkey=1", "/clip/embed_text?monkey=1", id="not-a-key"),
+    ],
+)
+def test_access_log_never_shows_a_key(path: str, expected: str) -> None:
+    import logging
+
+    from clipgate.cli import RedactSecrets
+
+    fmt = '%s - "%s %s HTTP/%s" %d'
+    record = logging.LogRecord(
+        "uvicorn.access", logging.INFO, __file__, 1, fmt, ("127.0.0.1:1", "POST", path, "1.1", 200), None
+    )
+    assert RedactSecrets().filter(record)
+    assert record.getMessage() == f'127.0.0.1:1 - "POST {expected} HTTP/1.1" 200'
