@@ -1,0 +1,187 @@
+"""End-to-end fixtures: a real `clipgate serve` process on a free port, and the plain
+transformers pipeline on the same checkpoint folder as the reference for parity checks."""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import requests
+from PIL import Image, ImageOps
+
+E2E_DIR = Path(__file__).resolve().parent
+REPO_ROOT = E2E_DIR.parent.parent
+STARTUP_TIMEOUT_S = 60.0
+STOP_TIMEOUT_S = 15.0
+DIM = 512
+PARITY_COSINE = 0.9999  # per vector, served vs reference
+NORM_TOLERANCE = 1e-3  # relative; vectors are raw projections, not normalized
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if E2E_DIR in Path(str(item.path)).resolve().parents:
+            item.add_marker(pytest.mark.e2e)
+
+
+# --- the live server ------------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _server_output(log_path: Path) -> str:
+    try:
+        return log_path.read_text(errors="replace")
+    except OSError as exc:
+        return f"(cannot read the server log {log_path}: {exc})"
+
+
+def _wait_ready(proc: subprocess.Popen[bytes], base_url: str, log_path: Path) -> None:
+    """Poll GET /readiness until 200; fail at once if the process exits, or after the deadline."""
+    deadline = time.monotonic() + STARTUP_TIMEOUT_S
+    last = "no answer yet"
+    while True:
+        code = proc.poll()
+        if code is not None:
+            pytest.fail(
+                f"clipgate exited with status {code} before it was ready; its output:\n{_server_output(log_path)}",
+                pytrace=False,
+            )
+        try:
+            response = requests.get(f"{base_url}/readiness", timeout=2)
+            if response.status_code == 200:
+                return
+            last = f"HTTP {response.status_code}: {response.text[:200]}"
+        except requests.RequestException as exc:
+            last = f"{type(exc).__name__}"
+        if time.monotonic() > deadline:
+            pytest.fail(
+                f"clipgate was not ready after {STARTUP_TIMEOUT_S:.0f} s (last answer: {last}); its output:\n"
+                f"{_server_output(log_path)}",
+                pytrace=False,
+            )
+        time.sleep(0.1)  # the bounded readiness poll: the one sleep in the e2e suite
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=STOP_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=STOP_TIMEOUT_S)
+
+
+@pytest.fixture(scope="session")
+def live_server(cache_dir: Path, tiny_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real `python -m clipgate.cli serve --model random:tiny` on 127.0.0.1; yields its base URL.
+
+    The checkpoint is already built (`tiny_dir`) in the session cache the server is pointed at.
+    Other CLIPGATE_* variables of the test environment are not passed on, so the server runs
+    with its defaults (no keys, URL input off)."""
+    port = _free_port()
+    log_path = tmp_path_factory.mktemp("clipgate-server") / "server.log"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CLIPGATE_")}
+    env["CLIPGATE_CACHE_DIR"] = str(cache_dir)
+    env["PYTHONUNBUFFERED"] = "1"
+    command = [
+        sys.executable,
+        "-m",
+        "clipgate.cli",
+        "serve",
+        "--model",
+        "random:tiny",
+        "--port",
+        str(port),
+        "--host",
+        "127.0.0.1",
+    ]
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO_ROOT)
+    base_url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_ready(proc, base_url, log_path)
+        yield base_url
+    finally:
+        _stop(proc)
+
+
+# --- the reference pipeline -----------------------------------------------------------------
+
+
+def decode(data: bytes) -> Image.Image:
+    """Image bytes as the reference pipeline reads a file: upright per EXIF, RGB."""
+    with Image.open(io.BytesIO(data)) as image:
+        return ImageOps.exif_transpose(image).convert("RGB")
+
+
+def cosine(a: Any, b: Any) -> float:
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    return float(a @ b / math.sqrt(float(a @ a) * float(b @ b)))
+
+
+class Reference:
+    """Plain `CLIPProcessor` + `CLIPModel` (float32) on the checkpoint folder the server loads."""
+
+    def __init__(self, checkpoint: Path) -> None:
+        import torch
+        from transformers import CLIPModel, CLIPProcessor
+
+        self._torch = torch
+        self.processor = CLIPProcessor.from_pretrained(checkpoint)
+        self.model = CLIPModel.from_pretrained(checkpoint, dtype=torch.float32).eval()
+
+    def image(self, image: bytes | Image.Image) -> np.ndarray:
+        """The embedding of one image (encoded bytes are decoded first), float64, shape (512,)."""
+        pil = decode(image) if isinstance(image, bytes) else image
+        with self._torch.inference_mode():
+            out = self.model.get_image_features(**self.processor(images=pil, return_tensors="pt"))
+        return out.pooler_output[0].double().numpy()
+
+    def texts(self, texts: Sequence[str]) -> np.ndarray:
+        """The embeddings of texts, one padded batch, float64, shape (n, 512)."""
+        with self._torch.inference_mode():
+            out = self.model.get_text_features(**self.processor(text=list(texts), return_tensors="pt", padding=True))
+        return out.pooler_output.double().numpy()
+
+    def text(self, text: str) -> np.ndarray:
+        return self.texts([text])[0]
+
+    cosine = staticmethod(cosine)
+    decode = staticmethod(decode)
+
+    @staticmethod
+    def check(served: Any, expected: np.ndarray, what: str = "vector") -> None:
+        """Assert a served vector (a JSON list) is at parity with the reference vector."""
+        assert isinstance(served, list), f"{what}: expected a JSON list, got {type(served).__name__}"
+        assert len(served) == DIM, f"{what}: {len(served)} values, expected {DIM}"
+        assert all(isinstance(v, float) and math.isfinite(v) for v in served), f"{what}: non-finite or non-float values"
+        sim = cosine(served, expected)
+        assert sim >= PARITY_COSINE, f"{what}: cosine {sim:.7f} with the reference is below {PARITY_COSINE}"
+        got_norm, want_norm = float(np.linalg.norm(served)), float(np.linalg.norm(expected))
+        assert abs(got_norm / want_norm - 1) <= NORM_TOLERANCE, (
+            f"{what}: norm {got_norm:.5f}, reference {want_norm:.5f} (the vendors send raw, unnormalized projections)"
+        )
+
+
+@pytest.fixture(scope="session")
+def reference(tiny_dir: Path) -> Reference:
+    return Reference(tiny_dir)
