@@ -29,8 +29,8 @@ class ImageLimits:
 def decode_image(data: bytes, limits: ImageLimits) -> Image.Image:
     """Return the image as an 8-bit RGB `Image`, upright per its EXIF orientation.
 
-    Multi-frame images (GIF, animated WebP) give their first frame. Alpha is dropped, as
-    the reference pipeline (`convert("RGB")`) and OpenCV's IMREAD_COLOR both do.
+    Multi-frame images (GIF, animated WebP) give their first frame. Transparent pixels are
+    composited over white, as the reference pipeline (transformers' `convert_to_rgb`) does.
     Raises ImageError for anything that is not a whole image of an allowed format, and
     PayloadTooLarge for images over the byte or pixel limits.
     """
@@ -70,8 +70,6 @@ def decode_image(data: bytes, limits: ImageLimits) -> Image.Image:
 
 def _to_rgb(image: Image.Image) -> Image.Image:
     mode = image.mode
-    if mode == "RGB":
-        return image
     if mode in ("I;16", "I;16B", "I;16L", "I"):
         # Pillow's own conversion clips 16-bit samples to 255 (a white picture); scale instead.
         # Mode "I" from a PNG holds 16-bit samples too.
@@ -79,10 +77,11 @@ def _to_rgb(image: Image.Image) -> Image.Image:
         return Image.fromarray((wide >> 8).clip(0, 255).astype(np.uint8), "L").convert("RGB")
     if mode == "F":
         return Image.fromarray(np.asarray(image).clip(0, 255).astype(np.uint8), "L").convert("RGB")
-    if mode == "P" and "transparency" in image.info:
-        # Going through RGBA avoids Pillow's warning about byte-expressed palette transparency.
-        return image.convert("RGBA").convert("RGB")
-    return image.convert("RGB")
+    if "A" in image.getbands() or image.info.get("transparency") is not None:
+        # As the reference pipeline does (transformers' convert_to_rgb): transparency over white.
+        background = Image.new("RGBA", image.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, image.convert("RGBA")).convert("RGB")
+    return image if mode == "RGB" else image.convert("RGB")
 
 
 @dataclass(frozen=True, slots=True)

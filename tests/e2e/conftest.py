@@ -128,9 +128,12 @@ def live_server(cache_dir: Path, tiny_dir: Path, tmp_path_factory: pytest.TempPa
 
 
 def decode(data: bytes) -> Image.Image:
-    """Image bytes as the reference pipeline reads a file: upright per EXIF, RGB."""
+    """Image bytes as a user of the reference pipeline opens a file: upright per EXIF; the
+    processor does the rest (RGB conversion, transparency over white)."""
     with Image.open(io.BytesIO(data)) as image:
-        return ImageOps.exif_transpose(image).convert("RGB")
+        upright = ImageOps.exif_transpose(image)
+        upright.load()
+        return upright
 
 
 def cosine(a: Any, b: Any) -> float:
