@@ -15,6 +15,8 @@ from clipgate.errors import ImageError, PayloadTooLarge
 DEFAULT_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP")
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+# Past this many crops' worth of pixels, the resize step only resizes what the crop keeps.
+MAX_RESIZED_AREA_FACTOR = 8
 Pixels = NDArray[np.float32]
 """A preprocessed image: float32, (3, height, width)."""
 
@@ -40,14 +42,14 @@ def decode_image(data: bytes, limits: ImageLimits) -> Image.Image:
         raise PayloadTooLarge(f"The image is {len(data)} bytes; the limit is {limits.max_bytes}.")
     try:
         with warnings.catch_warnings():
-            # Pillow warns past MAX_IMAGE_PIXELS and raises past twice that; we decide the
-            # limit ourselves below, from the header, before any pixel is decoded.
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            # Pillow warns past MAX_IMAGE_PIXELS (we decide the limit ourselves below, from the
+            # header, before any pixel is decoded) and about corrupt EXIF (the image still decodes).
+            warnings.simplefilter("ignore")
             image = Image.open(io.BytesIO(data), formats=list(limits.formats))
     except UnidentifiedImageError as exc:
         raise ImageError("Data is not an image in a supported format (" + ", ".join(limits.formats) + ").") from exc
     except Image.DecompressionBombError as exc:
-        raise PayloadTooLarge(f"The image has too many pixels; the limit is {limits.max_pixels}.") from exc
+        raise PayloadTooLarge(f"The image has too many pixels; the limit is {_pixel_limit(limits)}.") from exc
     except (OSError, ValueError, SyntaxError) as exc:
         raise ImageError("The image header is corrupt.") from exc
     width, height = image.size
@@ -59,13 +61,19 @@ def decode_image(data: bytes, limits: ImageLimits) -> Image.Image:
         )
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            warnings.simplefilter("ignore")
             image.load()
             return _to_rgb(ImageOps.exif_transpose(image))
     except Image.DecompressionBombError as exc:
-        raise PayloadTooLarge(f"The image has too many pixels; the limit is {limits.max_pixels}.") from exc
+        raise PayloadTooLarge(f"The image has too many pixels; the limit is {_pixel_limit(limits)}.") from exc
     except (OSError, ValueError, SyntaxError, EOFError) as exc:
         raise ImageError("The image data is truncated or corrupt.") from exc
+
+
+def _pixel_limit(limits: ImageLimits) -> int:
+    """Ours, or Pillow's own if that is lower: it refuses images over twice MAX_IMAGE_PIXELS."""
+    pillow = Image.MAX_IMAGE_PIXELS
+    return min(limits.max_pixels, 2 * pillow) if pillow else limits.max_pixels
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:
@@ -132,12 +140,18 @@ class ImageTransform:
         short, long = (width, height) if width <= height else (height, width)
         new_short, new_long = self.shortest_edge, int(self.shortest_edge * long / short)
         new_w, new_h = (new_short, new_long) if width <= height else (new_long, new_short)
-        if (new_w, new_h) != (width, height):
-            image = image.resize((new_w, new_h), resample=self.resample)
-        pixels = np.asarray(image)
         top = (new_h - self.crop_height) // 2
         left = (new_w - self.crop_width) // 2
-        pixels = pixels[top : top + self.crop_height, left : left + self.crop_width]
+        if new_w * new_h > MAX_RESIZED_AREA_FACTOR * self.crop_width * self.crop_height:
+            # A very long, thin image would be resized to a huge strip only to keep its middle:
+            # resize just the source box the crop keeps (1x30000 px would otherwise take 4.5 GB).
+            sx, sy = width / new_w, height / new_h
+            box = (left * sx, top * sy, (left + self.crop_width) * sx, (top + self.crop_height) * sy)
+            pixels = np.asarray(image.resize((self.crop_width, self.crop_height), resample=self.resample, box=box))
+        else:
+            if (new_w, new_h) != (width, height):
+                image = image.resize((new_w, new_h), resample=self.resample)
+            pixels = np.asarray(image)[top : top + self.crop_height, left : left + self.crop_width]
         scale = np.float32(self.rescale)
         mean = np.asarray(self.mean, dtype=np.float32)
         std = np.asarray(self.std, dtype=np.float32)

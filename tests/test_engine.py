@@ -1,0 +1,299 @@
+"""ClipEngine against the plain reference pipeline (Hugging Face CLIPModel + processor) on random:tiny.
+
+The reference is what a user of `transformers` would write by hand: `CLIPModel.from_pretrained`
+on the same folder, the checkpoint's own image processor and tokenizer, float32, and
+`.pooler_output` of `get_image_features` / `get_text_features`.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageOps
+from safetensors.torch import load_file
+
+from clipgate import emulator
+from clipgate.config import ModelConfig
+from clipgate.engine import ClipEngine, ModelLoadError, resolve_checkpoint
+from clipgate.errors import InvalidRequest
+from clipgate.images import ImageLimits, decode_image
+from tests import imagegen
+
+DIM = 512
+MAX_TOKENS = 77
+
+# Both pipelines resize with the same Pillow call and crop the same uint8 pixels, so they differ
+# only in float32 rounding of rescale/normalize (values within about +-2.2, so a few ulps: the
+# measured worst case is 4.8e-7). One grey level is 1/255/0.2758 = 0.0142 after normalizing, so
+# this bound is ~20x the rounding noise and still ~1000x below any real one-level pixel difference.
+PIXEL_ATOL = 1e-5
+IMAGE_MIN_COSINE = 0.9999
+TEXT_MIN_COSINE = 0.99999
+
+VARIANTS = imagegen.variants()
+VARIANT_PARAMS = [pytest.param(name, id=name) for name in VARIANTS]
+
+
+@dataclass
+class Reference:
+    model: object
+    processor: object
+    tokenizer: object
+
+    def pixels(self, image: Image.Image) -> np.ndarray:
+        return self.processor(images=image, return_tensors="np")["pixel_values"][0]
+
+    @torch.inference_mode()
+    def embed_image(self, image: Image.Image) -> np.ndarray:
+        pixel_values = self.processor(images=image, return_tensors="pt")["pixel_values"]
+        return self.model.get_image_features(pixel_values=pixel_values).pooler_output[0].numpy()
+
+    @torch.inference_mode()
+    def embed_texts(self, texts: list[str], **tokenizer_args: object) -> np.ndarray:
+        encoded = self.tokenizer(texts, padding=True, return_tensors="pt", **tokenizer_args)
+        out = self.model.get_text_features(input_ids=encoded["input_ids"], attention_mask=encoded["attention_mask"])
+        return out.pooler_output.numpy()
+
+
+@pytest.fixture(scope="module")
+def ref(tiny_dir: Path) -> Reference:
+    # Without torchvision, transformers 5 resolves the checkpoint's "CLIPImageProcessor" to the
+    # Pillow backend; naming it keeps the reference stable if torchvision ever gets installed
+    # (the torchvision backend resizes differently). It loads without any Python warning.
+    from transformers import AutoTokenizer, CLIPImageProcessorPil, CLIPModel
+
+    model = CLIPModel.from_pretrained(tiny_dir, dtype=torch.float32).eval()
+    return Reference(model, CLIPImageProcessorPil.from_pretrained(tiny_dir), AutoTokenizer.from_pretrained(tiny_dir))
+
+
+@pytest.fixture(scope="module")
+def truncating_engine(tiny_dir: Path) -> ClipEngine:
+    return ClipEngine.load(ModelConfig(id="random:tiny", device="cpu", dtype="float32", truncate_text=True))
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> float:
+    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
+
+
+def reference_input(data: bytes) -> Image.Image:
+    """What a hand-written pipeline feeds the processor: the file, upright, frame 0."""
+    image = Image.open(io.BytesIO(data))
+    image.seek(0)
+    return ImageOps.exif_transpose(image)
+
+
+# --- images ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", VARIANT_PARAMS)
+def test_image_embedding_matches_reference(engine: ClipEngine, ref: Reference, name: str) -> None:
+    data = VARIANTS[name]
+    got = engine.embed_images([engine.preprocess(decode_image(data, ImageLimits()))])
+    assert got.shape == (1, DIM)
+    assert got.dtype == np.float32
+    want = ref.embed_image(reference_input(data))
+    assert cosine(got[0], want) >= IMAGE_MIN_COSINE
+
+
+@pytest.mark.parametrize("name", VARIANT_PARAMS)
+def test_preprocess_matches_reference_pixels(engine: ClipEngine, ref: Reference, name: str) -> None:
+    data = VARIANTS[name]
+    got = engine.preprocess(decode_image(data, ImageLimits()))
+    want = ref.pixels(reference_input(data))
+    assert got.shape == want.shape == (3, 224, 224)
+    assert got.dtype == np.float32
+    assert float(np.abs(got - want).max()) < PIXEL_ATOL
+
+
+def test_png_16bit_is_scaled_not_clipped(engine: ClipEngine, ref: Reference) -> None:
+    # Pillow's convert("RGB") clips 16-bit samples at 255; clipgate keeps the high byte instead,
+    # so the reference is run on the 8-bit picture the file holds.
+    data, eight_bit = imagegen.png_16bit_gray()
+    decoded = decode_image(data, ImageLimits())
+    pixels = np.asarray(decoded)
+    assert decoded.mode == "RGB"
+    assert pixels.min() < 255 and pixels.mean() < 200  # not a white sheet
+    assert np.array_equal(pixels[..., 0], np.asarray(eight_bit))
+    got = engine.embed_images([engine.preprocess(decoded)])[0]
+    assert cosine(got, ref.embed_image(eight_bit)) >= IMAGE_MIN_COSINE
+    assert float(np.abs(engine.preprocess(decoded) - ref.pixels(eight_bit)).max()) < PIXEL_ATOL
+
+
+def test_animated_gif_embeds_its_first_frame(engine: ClipEngine, ref: Reference) -> None:
+    data = imagegen.animated_gif()
+    got = engine.embed_images([engine.preprocess(decode_image(data, ImageLimits()))])[0]
+    frames = Image.open(io.BytesIO(data))
+    assert frames.n_frames == 3
+    first = ref.embed_image(frames.convert("RGB"))
+    frames.seek(1)
+    second = ref.embed_image(frames.convert("RGB"))
+    assert cosine(got, first) >= IMAGE_MIN_COSINE
+    assert cosine(got, first) > cosine(got, second)
+
+
+def test_exif_rotated_jpeg_is_upright(engine: ClipEngine, ref: Reference) -> None:
+    data = VARIANTS["exif-rotated"]
+    stored = Image.open(io.BytesIO(data))
+    decoded = decode_image(data, ImageLimits())
+    assert stored.size == (300, 200)
+    assert decoded.size == (stored.height, stored.width)
+    got = engine.embed_images([engine.preprocess(decoded)])[0]
+    upright = ref.embed_image(ImageOps.exif_transpose(stored))
+    assert cosine(got, upright) >= IMAGE_MIN_COSINE
+    assert cosine(got, upright) > cosine(got, ref.embed_image(stored.convert("RGB")))
+
+
+def test_image_batch_matches_single_images(engine: ClipEngine) -> None:
+    names = ["jpeg", "png-gray", "tiny-1x1", "wide-2000x20"]
+    pixels = [engine.preprocess(decode_image(VARIANTS[n], ImageLimits())) for n in names]
+    batch = engine.embed_images(pixels)
+    assert batch.shape == (len(names), DIM)
+    for i, one in enumerate(pixels):
+        assert cosine(batch[i], engine.embed_images([one])[0]) >= 0.99999
+
+
+# --- texts -------------------------------------------------------------------------------------
+
+TEXTS = [
+    "a photo of a cat",
+    "",
+    "   ",
+    "!!! ??? ... ,,, ;-)",
+    "Ünïcödé: café, naïve, 日本語のテキスト, emoji 🐱🚀",
+    "a considerably longer sentence describing a red bicycle leaning against a stone wall at dusk",
+    "x",
+]
+
+
+def test_tokenize_pads_nothing(engine: ClipEngine, ref: Reference) -> None:
+    rows = engine.tokenize(TEXTS)
+    assert len(rows) == len(TEXTS)
+    bos, eos = ref.tokenizer.bos_token_id, ref.tokenizer.eos_token_id
+    for text, row in zip(TEXTS, rows, strict=True):
+        assert row == ref.tokenizer(text)["input_ids"]
+        assert len(row) <= MAX_TOKENS
+        assert row[0] == bos and row[-1] == eos
+        assert row.count(eos) == 1  # the pad id is EOS here: no padding after it
+    assert len({len(row) for row in rows}) >= 5
+    assert rows[1] == [bos, eos]
+
+
+def test_text_batch_equals_each_text_alone(engine: ClipEngine) -> None:
+    rows = engine.tokenize(TEXTS)
+    batch = engine.embed_texts(rows)
+    assert batch.shape == (len(TEXTS), DIM)
+    for i, row in enumerate(rows):
+        alone = engine.embed_texts([row])[0]
+        assert cosine(batch[i], alone) >= TEXT_MIN_COSINE
+        np.testing.assert_allclose(batch[i], alone, rtol=0, atol=1e-4)
+
+
+def test_text_embeddings_match_reference(engine: ClipEngine, ref: Reference) -> None:
+    got = engine.embed_texts(engine.tokenize(TEXTS))
+    want = ref.embed_texts(TEXTS)
+    assert got.shape == want.shape == (len(TEXTS), DIM)
+    for i in range(len(TEXTS)):
+        assert cosine(got[i], want[i]) >= TEXT_MIN_COSINE, TEXTS[i]
+    # different texts really do give different vectors (the comparison above can tell them apart)
+    assert cosine(got[0], got[5]) < 0.999
+
+
+def test_text_of_exactly_77_tokens_is_accepted(engine: ClipEngine) -> None:
+    rows = engine.tokenize(["word " * (MAX_TOKENS - 2)])
+    assert len(rows[0]) == MAX_TOKENS
+    assert engine.embed_texts(rows).shape == (1, DIM)
+
+
+def test_text_over_77_tokens_is_refused(engine: ClipEngine) -> None:
+    with pytest.raises(InvalidRequest) as caught:
+        engine.tokenize(["fine", "word " * (MAX_TOKENS - 1)])
+    assert caught.value.status == 400
+    assert "77" in caught.value.message
+    assert "truncate_text" in caught.value.message
+    assert "index 1" in caught.value.message
+
+
+def test_truncating_engine_cuts_long_text_to_77_tokens(truncating_engine: ClipEngine, ref: Reference) -> None:
+    long_text = "a very long caption about many things " * 20
+    rows = truncating_engine.tokenize([long_text, "short"])
+    assert len(rows[0]) == MAX_TOKENS
+    assert rows[0][0] == ref.tokenizer.bos_token_id
+    assert rows[0][-1] == ref.tokenizer.eos_token_id
+    assert rows[1] == ref.tokenizer("short")["input_ids"]
+    got = truncating_engine.embed_texts(rows)
+    assert got.shape == (2, DIM) and np.isfinite(got).all()
+    want = ref.embed_texts([long_text], truncation=True, max_length=MAX_TOKENS)[0]
+    assert cosine(got[0], want) >= TEXT_MIN_COSINE
+
+
+# --- output contract ---------------------------------------------------------------------------
+
+
+def test_outputs_are_unnormalized_float32(engine: ClipEngine) -> None:
+    images = engine.embed_images([engine.preprocess(decode_image(VARIANTS[n], ImageLimits())) for n in ("jpeg", "bmp")])
+    texts = engine.embed_texts(engine.tokenize(["a dog", "a cat", ""]))
+    for out, n in ((images, 2), (texts, 3)):
+        assert out.shape == (n, DIM)
+        assert out.dtype == np.float32
+        assert isinstance(out, np.ndarray)
+        norms = np.linalg.norm(out, axis=1)
+        assert np.all(np.abs(norms - 1.0) > 0.1), norms
+
+
+def test_embedding_is_deterministic(engine: ClipEngine) -> None:
+    pixels = [engine.preprocess(decode_image(VARIANTS[n], ImageLimits())) for n in ("jpeg", "png-rgb")]
+    assert np.array_equal(engine.embed_images(pixels), engine.embed_images(pixels))
+    rows = engine.tokenize(TEXTS)
+    assert np.array_equal(engine.embed_texts(rows), engine.embed_texts(rows))
+    again = engine.preprocess(decode_image(VARIANTS["jpeg"], ImageLimits()))
+    assert np.array_equal(pixels[0], again)
+
+
+# --- emulator and checkpoint resolution --------------------------------------------------------
+
+
+def test_emulator_checkpoint_is_deterministic(tmp_path: Path) -> None:
+    first = emulator.checkpoint_dir("random:tiny", tmp_path / "a")
+    second = emulator.checkpoint_dir("random:tiny", tmp_path / "b")
+    assert first != second
+    left, right = load_file(first / "model.safetensors"), load_file(second / "model.safetensors")
+    assert left.keys() == right.keys() and len(left) > 10
+    for key in left:
+        assert torch.equal(left[key], right[key]), key
+    assert (first / "config.json").read_text() == (second / "config.json").read_text()
+    assert (first / "preprocessor_config.json").read_text() == (second / "preprocessor_config.json").read_text()
+    # built once: a second call reuses the folder
+    assert emulator.checkpoint_dir("random:tiny", tmp_path / "a") == first
+    assert not [p for p in (tmp_path / "a").iterdir() if p.name.startswith(".random-")]  # no staging left
+
+
+def test_emulator_unknown_kind_names_valid_kinds(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="random:huge") as caught:
+        emulator.checkpoint_dir("random:huge", tmp_path)
+    assert "random:tiny" in str(caught.value) and "random:base" in str(caught.value)
+    assert list(tmp_path.iterdir()) == []  # refused before building anything
+    with pytest.raises(ModelLoadError, match="random:tiny"):
+        resolve_checkpoint(ModelConfig(id="random:huge"))
+
+
+def test_missing_model_folder_is_a_load_error() -> None:
+    with pytest.raises(ModelLoadError) as caught:
+        resolve_checkpoint(ModelConfig(id="/nonexistent/dir"))
+    message = str(caught.value)
+    assert "/nonexistent/dir" in message
+    assert "--model DIR" in message and "random:tiny" in message
+
+
+def test_uncached_hub_id_without_downloads_is_a_load_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    model_id = "clipgate-tests/no-such-clip-model"
+    with pytest.raises(ModelLoadError) as caught:
+        resolve_checkpoint(ModelConfig(id=model_id, allow_download=False))
+    message = str(caught.value)
+    assert model_id in message and "cache" in message
+    assert "--model DIR" in message and "random:tiny" in message
