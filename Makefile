@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 ARGS ?=
 
-.PHONY: install serve test clean
+.PHONY: install serve check test clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -18,7 +18,12 @@ install: $(STAMP)
 serve: $(STAMP)
 	$(BIN)/clipgate serve --config configs/default.toml $(ARGS)
 
-test: $(STAMP)
+check: $(STAMP)
+	$(BIN)/ruff format --check --quiet clipgate adapters tests
+	$(BIN)/ruff check --quiet clipgate adapters tests
+	$(BIN)/mypy clipgate adapters
+
+test: check
 	$(BIN)/python -m pytest $(ARGS)
 
 clean:
