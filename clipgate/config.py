@@ -155,20 +155,13 @@ def _coerce(where: str, hint: Any, value: Any, *, from_env: bool) -> Any:
             and value.strip().lower() in ("1", "true", "yes", "on", "0", "false", "no", "off", "")
         ):
             return value.strip().lower() in ("1", "true", "yes", "on")
-    elif hint is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
+    elif hint in (int, float):
+        number = isinstance(value, int | float) and not isinstance(value, bool)
+        if number and (hint is float or isinstance(value, int)):
+            return hint(value)
         if from_env and isinstance(value, str):
             try:
-                return int(value.strip())
-            except ValueError:
-                pass
-    elif hint is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if from_env and isinstance(value, str):
-            try:
-                return float(value.strip())
+                return hint(value.strip())
             except ValueError:
                 pass
     elif hint is str:
