@@ -225,4 +225,5 @@ ADAPTER = Adapter(
     ),
     render_error=render_error,
     credential=credential,
+    body_credential=True,
 )

@@ -8,7 +8,7 @@ from typing import Any
 
 from clipgate.adapter import Adapter, Body, Operation, Reply
 from clipgate.canonical import JSON, EmbedRequest, EmbedResult, FormPart, ImageInput, RequestMeta, TextInput
-from clipgate.errors import ClipgateError, InvalidRequest
+from clipgate.errors import ClipgateError, InvalidRequest, SchemaError
 
 FILE_FIELD = "predict_file"
 
@@ -85,7 +85,8 @@ def render_items(result: EmbedResult, request: EmbedRequest) -> JSON:
 
 def render_error(err: ClipgateError) -> Reply:
     # SambaStudio's error bodies are not documented; this keeps its `status_code` convention.
-    return Reply(err.status, {"error": err.message, "status_code": err.status})
+    status = 400 if isinstance(err, SchemaError) else err.status  # no 422s: that is FastAPI's habit
+    return Reply(status, {"error": err.message, "status_code": status})
 
 
 def credential(body: Body, meta: RequestMeta) -> str | None:

@@ -73,3 +73,4 @@ class Adapter:
     credential: Callable[[Body, RequestMeta], str | None]
     response_headers: Callable[[RequestMeta], Mapping[str, str]] = _no_headers
     json_content_type_required: bool = False  # refuse a non-JSON Content-Type with 415
+    body_credential: bool = False  # the key may come in the body, so it is read before auth

@@ -64,19 +64,19 @@ def create_app(
             model: Engine = (
                 engine if engine is not None else await loop.run_in_executor(None, ClipEngine.load, config.model)
             )
+            service = EmbeddingService(model, config)
+            service.start()
+            gateway.service = service
+            warmup = getattr(model, "warmup", None)
+            if callable(warmup):
+                await service.batcher.run_on_model_thread(warmup)
         except ModelLoadError as exc:
             fail(str(exc))
             return
         except Exception as exc:  # noqa: BLE001 - the traceback goes to the log; one line to the operator
-            log.exception("model load failed")
-            fail(f"cannot load model {config.model.id}: {exc}")
+            log.exception("model load or warm-up failed")
+            fail(f"cannot load and warm up model {config.model.id}: {type(exc).__name__}: {exc}")
             return
-        service = EmbeddingService(model, config)
-        service.start()
-        gateway.service = service
-        warmup = getattr(model, "warmup", None)
-        if callable(warmup):
-            await service.batcher.run_on_model_thread(warmup)
         gateway.set_ready(True)
         log.info("ready: %s (%s, %s, %d-d)", model.card.name, model.card.device, model.card.dtype, model.card.dim)
 

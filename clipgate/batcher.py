@@ -41,6 +41,9 @@ class _Entry:
 
 class Batcher:
     def __init__(self, lanes: dict[str, Lane], *, max_wait_s: float) -> None:
+        for name, lane in lanes.items():
+            if lane.max_batch < 1:
+                raise ValueError(f"lane {name}: max_batch must be at least 1, not {lane.max_batch}")
         self._lanes = lanes
         self._queues: dict[str, collections.deque[_Entry]] = {name: collections.deque() for name in lanes}
         self._max_wait_s = max_wait_s

@@ -8,6 +8,7 @@ import os
 import re
 import sys
 from collections.abc import Sequence
+from urllib.parse import unquote_plus
 
 from clipgate import __version__
 from clipgate.config import Config, ConfigError, load_config
@@ -47,7 +48,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     return serve(config)
 
 
-_SECRET_QUERY = re.compile(r"((?:^|[?&])(?:api_key|key|token)=)[^&#\s]*", re.IGNORECASE)
+_QUERY_PARAM = re.compile(r"([?&])([^=&#\s]*)=([^&#\s]*)")
+SECRET_PARAMS = frozenset({"api_key", "key", "token", "access_token"})
+
+
+def redact_query(text: str) -> str:
+    """Blank the value of every credential parameter, however its name is percent-encoded."""
+
+    def blank(match: re.Match[str]) -> str:
+        name = unquote_plus(match.group(2)).strip().lower()
+        return f"{match.group(1)}{match.group(2)}=***" if name in SECRET_PARAMS else match.group(0)
+
+    return _QUERY_PARAM.sub(blank, text)
 
 
 class RedactSecrets(logging.Filter):
@@ -56,7 +68,7 @@ class RedactSecrets(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         if isinstance(record.args, tuple):
-            record.args = tuple(_SECRET_QUERY.sub(r"\1***", a) if isinstance(a, str) else a for a in record.args)
+            record.args = tuple(redact_query(a) if isinstance(a, str) else a for a in record.args)
         return True
 
 

@@ -18,7 +18,15 @@ ENV_PREFIX = "CLIPGATE_"
 
 
 class ConfigError(ValueError):
-    """The configuration file or environment holds an unknown key or a value of the wrong type."""
+    """The configuration holds an unknown key, a value of the wrong type, or one out of range."""
+
+
+def _require(ok: bool, key: str, rule: str, value: object) -> None:
+    if not ok:
+        raise ConfigError(f"{key} {rule}, got {value!r}")
+
+
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
 
 
 @dataclass(frozen=True)
@@ -27,7 +35,17 @@ class ServerConfig:
     port: int = 8000
     log_level: str = "info"
     max_body_bytes: int = 64 * 1024 * 1024
-    max_items: int = 64
+    max_images: int = 64
+    max_texts: int = 1024
+    max_text_chars: int = 16384
+
+    def __post_init__(self) -> None:
+        _require(0 <= self.port <= 65535, "server.port", "must be 0-65535", self.port)
+        _require(
+            self.log_level in LOG_LEVELS, "server.log_level", f"must be one of {', '.join(LOG_LEVELS)}", self.log_level
+        )
+        for key in ("max_body_bytes", "max_images", "max_texts", "max_text_chars"):
+            _require(getattr(self, key) >= 1, f"server.{key}", "must be at least 1", getattr(self, key))
 
 
 @dataclass(frozen=True)
@@ -41,12 +59,25 @@ class ModelConfig:
     download_timeout_s: float = 10.0
     torch_threads: int = 0
 
+    def __post_init__(self) -> None:
+        device_ok = self.device in ("auto", "cpu") or self.device.startswith("cuda")
+        _require(device_ok, "model.device", "must be auto, cpu or cuda[:N]", self.device)
+        dtypes = ("auto", "float32", "float16", "bfloat16")
+        _require(self.dtype in dtypes, "model.dtype", f"must be one of {', '.join(dtypes)}", self.dtype)
+        _require(self.download_timeout_s > 0, "model.download_timeout_s", "must be positive", self.download_timeout_s)
+        _require(self.torch_threads >= 0, "model.torch_threads", "must be 0 (automatic) or more", self.torch_threads)
+
 
 @dataclass(frozen=True)
 class BatchingConfig:
     max_batch_images: int = 32
     max_batch_texts: int = 64
     max_wait_ms: float = 2.0
+
+    def __post_init__(self) -> None:
+        for key in ("max_batch_images", "max_batch_texts"):
+            _require(getattr(self, key) >= 1, f"batching.{key}", "must be at least 1", getattr(self, key))
+        _require(self.max_wait_ms >= 0, "batching.max_wait_ms", "must not be negative", self.max_wait_ms)
 
 
 @dataclass(frozen=True)
@@ -63,6 +94,15 @@ class ImagesConfig:
     url_deny_hosts: tuple[str, ...] = ()
     url_timeout_s: float = 10.0
     url_max_redirects: int = 5
+
+    def __post_init__(self) -> None:
+        for key in ("max_bytes", "max_pixels", "decode_threads"):
+            _require(getattr(self, key) >= 1, f"images.{key}", "must be at least 1", getattr(self, key))
+        _require(bool(self.formats), "images.formats", "must name at least one format", self.formats)
+        _require(self.url_timeout_s > 0, "images.url_timeout_s", "must be positive", self.url_timeout_s)
+        _require(
+            self.url_max_redirects >= 0, "images.url_max_redirects", "must not be negative", self.url_max_redirects
+        )
 
 
 @dataclass(frozen=True)

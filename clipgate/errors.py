@@ -6,10 +6,9 @@ ClipgateError
  │   └─ SchemaError       422  the body does not match the operation's schema at all
  ├─ Unauthorized          401  credential missing or wrong
  ├─ UnknownModel          404  the request names a model that is not served
- ├─ NotFound              404  no such route
- ├─ MethodNotAllowed      405
  ├─ PayloadTooLarge       413  body, image or item count over the limits
  ├─ UnsupportedMediaType  415  the body is not in a format the route reads
+ ├─ HeaderTooLarge        431  a request id header over 100 characters
  ├─ Overloaded            503  queue full; carries Retry-After
  ├─ NotReady              503  the model is not loaded and warmed yet
  └─ InternalError         500  anything unexpected: generic message, traceback to the log
@@ -62,16 +61,6 @@ class UnknownModel(ClipgateError):
     message = "The requested model is not served here."
 
 
-class NotFound(ClipgateError):
-    status = 404
-    message = "Not found."
-
-
-class MethodNotAllowed(ClipgateError):
-    status = 405
-    message = "Method not allowed."
-
-
 class PayloadTooLarge(ClipgateError):
     status = 413
     message = "Payload too large."
@@ -80,6 +69,11 @@ class PayloadTooLarge(ClipgateError):
 class UnsupportedMediaType(ClipgateError):
     status = 415
     message = "Unsupported media type."
+
+
+class HeaderTooLarge(ClipgateError):
+    status = 431
+    message = "Request header too large."
 
 
 class Overloaded(ClipgateError):

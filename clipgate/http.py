@@ -6,29 +6,28 @@ import hmac
 import logging
 import re
 import uuid
-from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 import orjson
-from starlette.datastructures import Headers, UploadFile
-from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from clipgate.adapter import Adapter, Body, Operation, Reply, ServerState
-from clipgate.canonical import FormPart, RequestMeta
+from clipgate.canonical import RequestMeta
 from clipgate.config import Config
 from clipgate.errors import (
     ClipgateError,
+    HeaderTooLarge,
     InternalError,
-    InvalidRequest,
     NotReady,
     PayloadTooLarge,
     SchemaError,
     Unauthorized,
     UnsupportedMediaType,
 )
+from clipgate.multipart import parse_form
 from clipgate.service import EmbeddingService
 
 log = logging.getLogger("clipgate.http")
@@ -75,12 +74,20 @@ def make_endpoint(adapter: Adapter, op: Operation, gateway: Gateway) -> Endpoint
 
     async def endpoint(request: Request) -> Response:
         meta = _meta(request)
-        extra = dict(adapter.response_headers(meta))
+        extra = {k: v for k, v in adapter.response_headers(meta).items() if len(v) <= REQUEST_ID_MAX}
         try:
+            if len(meta.request_id) > REQUEST_ID_MAX:
+                raise HeaderTooLarge(f"x-request-id is longer than {REQUEST_ID_MAX} characters.")
             if op.respond is not None:
                 return _response(op.respond(gateway, meta), extra)
+            checked = not keys or op.public
+            if not checked:  # header and query channels: refuse before reading the body
+                early = adapter.credential(None, meta)
+                if early is not None or not adapter.body_credential:
+                    _authorize(early, keys)
+                    checked = True
             body = await _read_body(request, op, adapter, meta, max_body)
-            if keys and not op.public:
+            if not checked:
                 _authorize(adapter.credential(body, meta), keys)
             service = gateway.service
             if not gateway.ready or service is None:
@@ -103,7 +110,7 @@ def make_endpoint(adapter: Adapter, op: Operation, gateway: Gateway) -> Endpoint
 
 def _meta(request: Request) -> RequestMeta:
     headers = {k.lower(): v for k, v in request.headers.items()}
-    request_id = headers.get("x-request-id", "")[:REQUEST_ID_MAX] or str(uuid.uuid4())
+    request_id = headers.get("x-request-id", "") or str(uuid.uuid4())
     content_type = headers.get("content-type", "").split(";", 1)[0].strip().lower()
     return RequestMeta(
         method=request.method,
@@ -144,7 +151,7 @@ async def _read_body(request: Request, op: Operation, adapter: Adapter, meta: Re
         chunks.append(chunk)
     raw = b"".join(chunks)
     if op.body == "multipart":
-        return await _parse_multipart(request.headers, raw, meta)
+        return parse_form(raw, meta.headers.get("content-type", ""), max_parts=MAX_MULTIPART_PARTS)
     if not raw.strip():
         raise SchemaError("The request body is empty; a JSON object is expected.", kind="empty_body")
     try:
@@ -157,33 +164,6 @@ def _is_json_type(content_type: str) -> bool:
     return content_type == "application/json" or (
         content_type.startswith("application/") and content_type.endswith("+json")
     )
-
-
-async def _parse_multipart(headers: Headers, raw: bytes, meta: RequestMeta) -> list[FormPart]:
-    if meta.content_type != "multipart/form-data":
-        raise InvalidRequest("Expected a multipart/form-data body.")
-
-    async def stream() -> AsyncGenerator[bytes, None]:
-        yield raw
-
-    parser = MultiPartParser(
-        headers, stream(), max_files=MAX_MULTIPART_PARTS, max_fields=MAX_MULTIPART_PARTS, max_part_size=len(raw) + 1
-    )
-    try:
-        form = await parser.parse()
-    except MultiPartException as exc:
-        raise InvalidRequest(f"The multipart body cannot be parsed: {exc.message}") from exc
-    parts: list[FormPart] = []
-    try:
-        for name, value in form.multi_items():
-            if isinstance(value, UploadFile):
-                data = await value.read()
-                parts.append(FormPart(name, data, value.filename, value.content_type))
-            else:
-                parts.append(FormPart(name, value.encode()))
-    finally:
-        await form.close()
-    return parts
 
 
 def _response(reply: Reply, extra: Mapping[str, str], err: ClipgateError | None = None) -> Response:

@@ -70,13 +70,14 @@ class EmbeddingService:
         items = request.items
         if not items:
             raise InvalidRequest("The request holds nothing to embed.")
-        limit = self.config.server.max_items
-        if len(items) > limit:
-            raise PayloadTooLarge(f"The request holds {len(items)} items; the limit is {limit} per request.")
-        text_at = [i for i, item in enumerate(items) if isinstance(item, TextInput)]
-        image_at = [i for i, item in enumerate(items) if isinstance(item, ImageInput)]
-        tokens = self.engine.tokenize([items[i].text for i in text_at]) if text_at else []  # type: ignore[union-attr]
-        pixels = await asyncio.gather(*(self._prepare_image(items[i]) for i in image_at)) if image_at else []  # type: ignore[arg-type]
+        texts = [(i, item.text) for i, item in enumerate(items) if isinstance(item, TextInput)]
+        images = [(i, item) for i, item in enumerate(items) if isinstance(item, ImageInput)]
+        self._check_sizes(texts, images)
+        loop = asyncio.get_running_loop()
+        tokens = (
+            await loop.run_in_executor(self._decode_pool, self.engine.tokenize, [t for _, t in texts]) if texts else []
+        )
+        pixels = await asyncio.gather(*(self._prepare_image(item) for _, item in images)) if images else []
         futures = self.batcher.submit("text", tokens) + self.batcher.submit("image", pixels)
         try:
             rows = await asyncio.gather(*futures)
@@ -84,9 +85,21 @@ class EmbeddingService:
             for fut in futures:  # a caller that went away frees its queue places
                 fut.cancel()
         vectors: list[Any] = [None] * len(items)
-        for index, row in zip(text_at + image_at, rows, strict=True):
+        for index, row in zip([i for i, _ in texts] + [i for i, _ in images], rows, strict=True):
             vectors[index] = row
         return EmbedResult(vectors=vectors, elapsed_s=time.perf_counter() - started)
+
+    def _check_sizes(self, texts: list[tuple[int, str]], images: list[tuple[int, ImageInput]]) -> None:
+        """The cheap limits, before any decoding or tokenizing."""
+        limits = self.config.server
+        for kind, count, limit in (("images", len(images), limits.max_images), ("texts", len(texts), limits.max_texts)):
+            if count > limit:
+                raise PayloadTooLarge(f"The request holds {count} {kind}; the limit is {limit} per request.")
+        for n, (_, text) in enumerate(texts):
+            if len(text) > limits.max_text_chars:
+                raise InvalidRequest(
+                    f"Text at index {n} is {len(text)} characters long; the limit is {limits.max_text_chars}."
+                )
 
     async def _prepare_image(self, item: ImageInput) -> Pixels:
         loop = asyncio.get_running_loop()

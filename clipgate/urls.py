@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import urljoin, urlsplit
 
 import requests
+import urllib3
 
 from clipgate.errors import ImageError, PayloadTooLarge
 
@@ -70,11 +72,15 @@ def check_url(url: str, policy: UrlPolicy, resolve: Resolver = system_resolver) 
 
 
 def fetch(url: str, policy: UrlPolicy, resolve: Resolver = system_resolver) -> bytes:
-    """Download the image at `url`, re-checking each redirect and capping the size."""
+    """Download the image at `url`, re-checking each redirect, capping the size, and giving the
+    whole fetch (redirects and a slow trickle of bytes included) `timeout_s` to finish."""
+    deadline = time.monotonic() + policy.timeout_s
     session = requests.Session()
     session.trust_env = False  # a proxy would resolve the host itself and defeat the checks
     try:
         for _ in range(policy.max_redirects + 1):
+            if time.monotonic() > deadline:
+                raise ImageError("The image URL took too long to download.")
             check_url(url, policy, resolve)
             try:
                 response = session.get(url, timeout=policy.timeout_s, allow_redirects=False, stream=True)
@@ -86,21 +92,25 @@ def fetch(url: str, policy: UrlPolicy, resolve: Resolver = system_resolver) -> b
                     continue
                 if response.status_code != 200:
                     raise ImageError(f"The image URL answered HTTP {response.status_code}.")
-                return _read_capped(response, policy.max_bytes)
+                return _read_capped(response, policy.max_bytes, deadline)
         raise ImageError("The image URL redirected too many times.")
     finally:
         session.close()
 
 
-def _read_capped(response: requests.Response, limit: int) -> bytes:
+def _read_capped(response: requests.Response, limit: int, deadline: float) -> bytes:
+    # read1 returns whatever has arrived, so a server that trickles bytes meets the deadline
+    # (a plain read waits for its whole chunk before the clock is looked at again).
     chunks, total = [], 0
     try:
-        for chunk in response.iter_content(64 * 1024):
+        while chunk := response.raw.read1(64 * 1024, decode_content=True):
+            if time.monotonic() > deadline:
+                raise ImageError("The image URL took too long to download.")
             total += len(chunk)
             if total > limit:
                 raise PayloadTooLarge(f"The image at the URL is larger than {limit} bytes.")
             chunks.append(chunk)
-    except requests.RequestException as exc:
+    except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
         raise ImageError("Data pointed by URL could not be retrieved.") from exc
     return b"".join(chunks)
 

@@ -64,6 +64,10 @@ def test_unknown_emulator_kind_names_the_valid_ones() -> None:
         pytest.param("/clip/compare?x=1&api_key=SECRET&y=2", "/clip/compare?x=1&api_key=***&y=2", id="middle"),
         pytest.param("/clip/embed_text?API_KEY=SECRET", "/clip/embed_text?API_KEY=***", id="upper-case"),
         pytest.param("/clip/embed_text?monkey=1", "/clip/embed_text?monkey=1", id="not-a-key"),
+        pytest.param("/clip/embed_text?api%5Fkey=SECRET", "/clip/embed_text?api%5Fkey=***", id="percent-encoded-name"),
+        pytest.param(
+            "/clip/embed_text?a=1&%20api_key%20=SECRET", "/clip/embed_text?a=1&%20api_key%20=***", id="padded-name"
+        ),
     ],
 )
 def test_access_log_never_shows_a_key(path: str, expected: str) -> None:

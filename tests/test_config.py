@@ -49,6 +49,16 @@ def test_environment_overrides_with_types() -> None:
         pytest.param("", {"CLIPGATE_SERVER_PORT": "eighty"}, "CLIPGATE_SERVER_PORT", id="env-wrong-type"),
         pytest.param("", {"CLIPGATE_IMAGES_ALLOW_URL": "maybe"}, "CLIPGATE_IMAGES_ALLOW_URL", id="env-bad-bool"),
         pytest.param("[server\n", {}, "Expected", id="bad-toml"),
+        pytest.param(
+            "", {"CLIPGATE_BATCHING_MAX_BATCH_TEXTS": "0"}, "batching.max_batch_texts must be at least 1", id="batch-0"
+        ),
+        pytest.param("[batching]\nmax_wait_ms = -1\n", {}, "must not be negative", id="negative-wait"),
+        pytest.param("", {"CLIPGATE_SERVER_LOG_LEVEL": "loud"}, "server.log_level must be one of", id="log-level"),
+        pytest.param("[server]\nport = 70000\n", {}, "server.port must be 0-65535", id="port-range"),
+        pytest.param("[model]\ndevice = 'tpu'\n", {}, "model.device", id="device"),
+        pytest.param("[model]\ndtype = 'int8'\n", {}, "model.dtype", id="dtype"),
+        pytest.param("[images]\nformats = []\n", {}, "images.formats", id="no-formats"),
+        pytest.param("[images]\ndecode_threads = 0\n", {}, "images.decode_threads", id="no-decode-threads"),
     ],
 )
 def test_mistakes_are_reported(tmp_path: Path, toml: str, env: dict[str, str], message: str) -> None:

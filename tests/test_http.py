@@ -98,7 +98,7 @@ def test_keys_never_reach_the_log(auth_client: TestClient, caplog: pytest.LogCap
 
 @pytest.fixture
 def small_client(engine: ClipEngine) -> Iterator[TestClient]:
-    config = make_config(server={"max_body_bytes": 4096, "max_items": 3})
+    config = make_config(server={"max_body_bytes": 4096, "max_texts": 3, "max_images": 1, "max_text_chars": 100})
     with TestClient(create_app(config, engine=engine)) as client:
         yield client
 
@@ -131,6 +131,14 @@ def test_too_many_items_is_413_in_each_shape(small_client: TestClient) -> None:
     assert response.status_code == 413 and response.json()["status_code"] == 413
     assert small_client.post("/score", json=azure_text(*texts)).status_code == 413
     assert small_client.post("/clip/embed_text", json=rf_text(texts[:3])).status_code == 200
+    two_images = {"image": [{"type": "base64", "value": JPEG_B64}] * 2}
+    assert small_client.post("/clip/embed_image", json=two_images).status_code == 413
+
+
+def test_text_over_the_character_limit_is_refused_before_tokenizing(small_client: TestClient) -> None:
+    response = small_client.post("/api/predict/nlp/p/e", json={"inputs": ["ok", "x" * 101]})
+    assert response.status_code == 400
+    assert response.json() == {"error": "Text at index 1 is 101 characters long; the limit is 100.", "status_code": 400}
 
 
 def test_long_text_is_400_unless_truncation_is_on(client: TestClient, tiny_dir: object) -> None:
@@ -325,3 +333,113 @@ def test_vectors_are_raw_float32_values(client: TestClient, engine: ClipEngine) 
     direct = engine.embed_texts(engine.tokenize(["a cat"]))[0]
     assert np.array_equal(np.asarray(vector, dtype=np.float32), direct)
     assert abs(float(np.linalg.norm(direct)) - 1.0) > 1e-3  # not normalized
+
+
+# --- multipart --------------------------------------------------------------------------------
+
+
+def multipart(
+    parts: list[tuple[str, str | None, bytes]], boundary: str = "clipgate-test-boundary"
+) -> tuple[bytes, str]:
+    """Build a multipart/form-data body by hand: (name, filename or None, data) per part."""
+    chunks = []
+    for name, filename, data in parts:
+        disposition = f'form-data; name="{name}"' + (f'; filename="{filename}"' if filename is not None else "")
+        chunks.append(f"--{boundary}\r\nContent-Disposition: {disposition}\r\n\r\n".encode() + data + b"\r\n")
+    return b"".join(chunks) + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
+
+
+def test_image_in_a_plain_field_keeps_its_bytes(client: TestClient, engine: ClipEngine) -> None:
+    # curl -F 'predict_file=<cat.jpg' sends the image as a field with no filename.
+    jpeg = imagegen.jpeg(seed=3)
+    assert b"\xff" in jpeg  # bytes that are not valid UTF-8 survive
+    body, content_type = multipart([("predict_file", None, jpeg)])
+    plain = client.post("/api/predict/file/p/e", content=body, headers={"content-type": content_type})
+    named = client.post("/api/predict/file/p/e", files={"predict_file": ("cat.jpg", jpeg)})
+    assert plain.status_code == 200 and named.status_code == 200
+    assert plain.json()["data"] == named.json()["data"]
+
+
+def test_several_predict_file_parts_give_one_row_each_in_order(client: TestClient) -> None:
+    images = [imagegen.jpeg(seed=s) for s in (1, 2)]
+    body, content_type = multipart(
+        [("predict_file", "a.jpg", images[0]), ("note", None, b"x"), ("predict_file", "b.jpg", images[1])]
+    )
+    both = client.post("/api/predict/file/p/e", content=body, headers={"content-type": content_type}).json()["data"]
+    second = client.post("/api/predict/file/p/e", files={"predict_file": ("b.jpg", images[1])}).json()["data"]
+    assert len(both) == 2 and both[0] != both[1]
+    assert np.allclose(both[1], second[0], atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type", "status"),
+    [
+        pytest.param(b'{"inputs": ["x"]}', "application/json", 400, id="json-body"),
+        pytest.param(
+            b"--b\r\nContent-Disposition: form-data; name=predict_file\r\n\r\nabc",
+            "multipart/form-data; boundary=b",
+            400,
+            id="unterminated",
+        ),
+        pytest.param(b"garbage", "multipart/form-data", 400, id="no-boundary"),
+        pytest.param(b"--b--\r\n", "multipart/form-data; boundary=b", 400, id="no-parts"),
+    ],
+)
+def test_broken_multipart_is_400(client: TestClient, body: bytes, content_type: str, status: int) -> None:
+    response = client.post("/api/predict/file/p/e", content=body, headers={"content-type": content_type})
+    assert response.status_code == status
+    assert set(response.json()) == {"error", "status_code"} and response.json()["status_code"] == status
+
+
+def test_too_many_parts_is_413(client: TestClient) -> None:
+    body, content_type = multipart([("f", None, b"x")] * 40)
+    response = client.post("/api/predict/file/p/e", content=body, headers={"content-type": content_type})
+    assert response.status_code == 413 and response.json()["status_code"] == 413
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        pytest.param(b"", "The request body is empty; a JSON object is expected.", id="empty"),
+        pytest.param(b"{nope", None, id="not-json"),
+        pytest.param(b"[1, 2]", "The request body must be a JSON object.", id="not-an-object"),
+    ],
+)
+def test_sambastudio_body_errors_are_400(client: TestClient, body: bytes, message: str | None) -> None:
+    response = client.post("/api/predict/nlp/p/e", content=body, headers={"content-type": "application/json"})
+    assert response.status_code == 400 and response.json()["status_code"] == 400
+    if message is not None:
+        assert response.json()["error"] == message
+
+
+class WarmupFails(FlakyEngine):
+    def warmup(self) -> None:
+        raise RuntimeError("CUDA out of memory")
+
+
+def test_a_failed_warm_up_is_fatal_not_a_silent_503(engine: ClipEngine) -> None:
+    lines: list[str] = []
+    with TestClient(create_app(make_config(), engine=WarmupFails(engine), on_fatal=lines.append)) as client:
+        assert client.get("/readiness").status_code == 503
+    assert len(lines) == 1 and "CUDA out of memory" in lines[0]
+
+
+def test_header_credentials_are_checked_before_the_body_is_read(auth_client: TestClient) -> None:
+    # An unauthenticated caller learns nothing about body validation and costs no parsing.
+    junk = b"{not json"
+    samba = auth_client.post("/api/predict/nlp/p/e", content=junk, headers={"content-type": "application/json"})
+    assert samba.status_code == 401
+    azure = auth_client.post("/score", content=junk, headers={"content-type": "text/plain"})
+    assert azure.status_code == 401
+    roboflow = auth_client.post(
+        "/clip/embed_text?api_key=wrong", content=junk, headers={"content-type": "application/json"}
+    )
+    assert roboflow.status_code == 401
+
+
+def test_request_ids_over_100_characters_are_refused(client: TestClient) -> None:
+    response = client.post("/score", json=azure_text("x"), headers={"x-request-id": "r" * 101})
+    assert response.status_code == 431 and set(response.json()) == {"message"}
+    assert "x-request-id" not in response.headers  # not echoed
+    exactly = client.post("/score", json=azure_text("x"), headers={"x-request-id": "r" * 100})
+    assert exactly.status_code == 200 and exactly.headers["x-request-id"] == "r" * 100

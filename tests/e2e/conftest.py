@@ -90,6 +90,9 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
         proc.wait(timeout=STOP_TIMEOUT_S)
 
 
+SERVER_LOGS: dict[str, Path] = {}
+
+
 @pytest.fixture(scope="session")
 def live_server(cache_dir: Path, tiny_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real `python -m clipgate.cli serve --model random:tiny` on 127.0.0.1; yields its base URL.
@@ -119,9 +122,16 @@ def live_server(cache_dir: Path, tiny_dir: Path, tmp_path_factory: pytest.TempPa
     base_url = f"http://127.0.0.1:{port}"
     try:
         _wait_ready(proc, base_url, log_path)
+        SERVER_LOGS[base_url] = log_path
         yield base_url
     finally:
         _stop(proc)
+
+
+@pytest.fixture
+def live_server_log(live_server: str) -> Path:
+    """The file the live server's stdout and stderr (its access log included) go to."""
+    return SERVER_LOGS[live_server]
 
 
 # --- the reference pipeline -----------------------------------------------------------------
