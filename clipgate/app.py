@@ -23,9 +23,12 @@ from clipgate.service import EmbeddingService
 log = logging.getLogger("clipgate")
 
 
+ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+
+
 def build_routes(config: Config, gateway: Gateway) -> list[Route]:
     routes: list[Route] = []
-    seen: dict[tuple[str, str], str] = {}
+    seen: dict[str, str] = {}
     for name, adapter in REGISTRY.items():
         settings = config.adapter(name)
         if not settings.enabled:
@@ -33,17 +36,17 @@ def build_routes(config: Config, gateway: Gateway) -> list[Route]:
         prefix = "/" + settings.prefix.strip("/") if settings.prefix.strip("/") else ""
         for op in adapter.operations:
             path = (prefix + op.path) if op.path != "/" or not prefix else prefix
-            for method in op.methods:
-                other = seen.setdefault((method, path), name)
-                if other != name:
-                    raise ValueError(f"{method} {path} is served by both {other} and {name}; give one a prefix")
-            routes.append(Route(path, make_endpoint(adapter, op, gateway), methods=list(op.methods)))
+            other = seen.setdefault(path, name)
+            if other != name:
+                raise ValueError(f"{path} is served by both {other} and {name}; give one a prefix")
+            # Every method reaches the endpoint, which answers a wrong one in the vendor's shape.
+            routes.append(Route(path, make_endpoint(adapter, op, gateway), methods=ALL_METHODS))
     return routes
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
-    message = {404: "Not found.", 405: "Method not allowed."}.get(exc.status_code, str(exc.detail))
+    message = "Not found." if exc.status_code == 404 else str(exc.detail)
     return JSONResponse({"message": message}, exc.status_code, headers=exc.headers)
 
 
@@ -103,7 +106,7 @@ def create_app(
     app = Starlette(
         routes=build_routes(config, gateway),
         lifespan=lifespan,
-        exception_handlers={404: _http_error, 405: _http_error},
+        exception_handlers={404: _http_error},
     )
     app.state.gateway = gateway
     app.add_middleware(PathNormalizer)

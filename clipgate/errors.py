@@ -6,6 +6,7 @@ ClipgateError
  │   └─ SchemaError       422  the body does not match the operation's schema at all
  ├─ Unauthorized          401  credential missing or wrong
  ├─ UnknownModel          404  the request names a model that is not served
+ ├─ MethodNotAllowed      405  the route exists, the method does not; carries Allow
  ├─ PayloadTooLarge       413  body, image or item count over the limits
  ├─ UnsupportedMediaType  415  the body is not in a format the route reads
  ├─ HeaderTooLarge        431  a request id header over 100 characters
@@ -21,10 +22,13 @@ class ClipgateError(Exception):
     status: int = 500
     message: str = "Internal error."
 
-    def __init__(self, message: str | None = None, *, retry_after: int | None = None) -> None:
+    def __init__(
+        self, message: str | None = None, *, retry_after: int | None = None, headers: dict[str, str] | None = None
+    ) -> None:
         super().__init__(message or self.message)
         self.message = message or self.message
         self.retry_after = retry_after
+        self.headers = headers or {}
 
 
 class InvalidRequest(ClipgateError):
@@ -59,6 +63,11 @@ class Unauthorized(ClipgateError):
 class UnknownModel(ClipgateError):
     status = 404
     message = "The requested model is not served here."
+
+
+class MethodNotAllowed(ClipgateError):
+    status = 405
+    message = "Method not allowed."
 
 
 class PayloadTooLarge(ClipgateError):

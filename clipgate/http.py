@@ -21,6 +21,7 @@ from clipgate.errors import (
     ClipgateError,
     HeaderTooLarge,
     InternalError,
+    MethodNotAllowed,
     NotReady,
     PayloadTooLarge,
     SchemaError,
@@ -71,11 +72,14 @@ class Gateway(ServerState):
 def make_endpoint(adapter: Adapter, op: Operation, gateway: Gateway) -> Endpoint:
     keys = tuple(k.encode() for k in gateway.config.auth.keys_for(adapter.name))
     max_body = gateway.config.server.max_body_bytes
+    allowed = set(op.methods) | ({"HEAD"} if "GET" in op.methods else set())
 
     async def endpoint(request: Request) -> Response:
         meta = _meta(request)
         extra = {k: v for k, v in adapter.response_headers(meta).items() if len(v) <= REQUEST_ID_MAX}
         try:
+            if meta.method not in allowed:
+                raise MethodNotAllowed(headers={"Allow": ", ".join(op.methods)})
             if len(meta.request_id) > REQUEST_ID_MAX:
                 raise HeaderTooLarge(f"x-request-id is longer than {REQUEST_ID_MAX} characters.")
             if op.respond is not None:
@@ -168,6 +172,8 @@ def _is_json_type(content_type: str) -> bool:
 
 def _response(reply: Reply, extra: Mapping[str, str], err: ClipgateError | None = None) -> Response:
     headers = {**extra, **reply.headers}
+    if err is not None:
+        headers.update(err.headers)
     if err is not None and err.retry_after is not None:
         headers.setdefault("Retry-After", str(err.retry_after))
     if isinstance(reply.body, str):
