@@ -108,6 +108,5 @@ def create_app(
         lifespan=lifespan,
         exception_handlers={404: _http_error},
     )
-    app.state.gateway = gateway
     app.add_middleware(PathNormalizer)
     return app

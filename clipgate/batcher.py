@@ -50,7 +50,6 @@ class Batcher:
         self._wakeup = asyncio.Event()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clipgate-model")
         self._task: asyncio.Task[None] | None = None
-        self.batches_run = 0
 
     def start(self) -> None:
         if self._task is None:
@@ -87,9 +86,6 @@ class Batcher:
         self._queues[lane].extend(_Entry(p, f, now) for p, f in zip(payloads, futures, strict=True))
         self._wakeup.set()
         return futures
-
-    def pending(self) -> int:
-        return sum(len(q) for q in self._queues.values())
 
     async def _dispatch(self) -> None:
         while True:
@@ -148,8 +144,6 @@ class Batcher:
                 if not entry.future.done():
                     entry.future.set_exception(exc)
             return
-        finally:
-            self.batches_run += 1
         for entry, row in zip(batch, rows, strict=True):
             if not entry.future.done():
                 entry.future.set_result(row)

@@ -76,11 +76,11 @@ def make_endpoint(adapter: Adapter, op: Operation, gateway: Gateway) -> Endpoint
 
     async def endpoint(request: Request) -> Response:
         meta = _meta(request)
-        extra = {k: v for k, v in adapter.response_headers(meta).items() if len(v) <= REQUEST_ID_MAX}
+        extra = dict(adapter.response_headers(meta))
         try:
             if meta.method not in allowed:
                 raise MethodNotAllowed(headers={"Allow": ", ".join(op.methods)})
-            if len(meta.request_id) > REQUEST_ID_MAX:
+            if len(meta.headers.get("x-request-id", "")) > REQUEST_ID_MAX:
                 raise HeaderTooLarge(f"x-request-id is longer than {REQUEST_ID_MAX} characters.")
             if op.respond is not None:
                 return _response(op.respond(gateway, meta), extra)
@@ -114,7 +114,8 @@ def make_endpoint(adapter: Adapter, op: Operation, gateway: Gateway) -> Endpoint
 
 def _meta(request: Request) -> RequestMeta:
     headers = {k.lower(): v for k, v in request.headers.items()}
-    request_id = headers.get("x-request-id", "") or str(uuid.uuid4())
+    given = headers.get("x-request-id", "")
+    request_id = given if 0 < len(given) <= REQUEST_ID_MAX else str(uuid.uuid4())
     content_type = headers.get("content-type", "").split(";", 1)[0].strip().lower()
     return RequestMeta(
         method=request.method,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -36,9 +35,7 @@ class EmbeddingService:
             max_bytes=images.max_bytes,
         )
         self._resolver = resolver
-        self._decode_pool = ThreadPoolExecutor(
-            max_workers=max(1, images.decode_threads), thread_name_prefix="clipgate-decode"
-        )
+        self._decode_pool = ThreadPoolExecutor(max_workers=images.decode_threads, thread_name_prefix="clipgate-decode")
         self.batcher = Batcher(
             {
                 "image": Lane(run=engine.embed_images, max_batch=config.batching.max_batch_images),
@@ -102,20 +99,17 @@ class EmbeddingService:
                 )
 
     async def _prepare_image(self, item: ImageInput) -> Pixels:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._decode_pool, self._decode_job(item))
+        return await asyncio.get_running_loop().run_in_executor(self._decode_pool, self._decode, item)
 
-    def _decode_job(self, item: ImageInput) -> Callable[[], Pixels]:
-        def job() -> Pixels:
-            data = item.data
-            if data is None:
-                if not self.config.images.allow_url:
-                    raise ImageError(
-                        "Image URLs are disabled on this server; send the image as base64, or have the "
-                        "operator enable them (images.allow_url = true, or CLIPGATE_IMAGES_ALLOW_URL=1)."
-                    )
-                assert item.url is not None
-                data = urls.fetch(item.url, self._url_policy, self._resolver)
-            return self.engine.preprocess(decode_image(data, self._limits))
-
-        return job
+    def _decode(self, item: ImageInput) -> Pixels:
+        """Runs in the decode pool: fetch (when allowed), decode, verify and preprocess one image."""
+        data = item.data
+        if data is None:
+            if not self.config.images.allow_url:
+                raise ImageError(
+                    "Image URLs are disabled on this server; send the image as base64, or have the "
+                    "operator enable them (images.allow_url = true, or CLIPGATE_IMAGES_ALLOW_URL=1)."
+                )
+            assert item.url is not None
+            data = urls.fetch(item.url, self._url_policy, self._resolver)
+        return self.engine.preprocess(decode_image(data, self._limits))
