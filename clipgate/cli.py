@@ -76,11 +76,12 @@ def serve(config: Config) -> int:
     import uvicorn
 
     from clipgate.app import create_app
-    from clipgate.engine import ModelLoadError, resolve_checkpoint
+    from clipgate.engine import ModelLoadError, pick_device, resolve_checkpoint
 
     logging.basicConfig(level=config.server.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        resolve_checkpoint(config.model)  # fail in seconds, before the server starts, when the weights cannot be had
+        pick_device(config.model.device)  # fail in seconds, before the server starts: no CUDA,
+        resolve_checkpoint(config.model)  # or weights that cannot be had
     except ModelLoadError as exc:
         print(f"clipgate: {exc}", file=sys.stderr)
         return 2

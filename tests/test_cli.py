@@ -43,6 +43,12 @@ def test_serve_without_weights_fails_with_one_line(tmp_path: Path, args: list[st
     assert "--model DIR" in lines[0] and "random:tiny" in lines[0]
 
 
+def test_cuda_asked_for_without_cuda_fails_with_one_line() -> None:
+    result = run_cli("serve", "--model", "random:tiny", "--device", "cuda", env={"CUDA_VISIBLE_DEVICES": ""})
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == ["clipgate: device cuda was asked for but CUDA is not available"]
+
+
 def test_config_errors_exit_2(tmp_path: Path) -> None:
     bad = tmp_path / "bad.toml"
     bad.write_text("[model]\nnot_a_key = 1\n")
