@@ -297,3 +297,22 @@ def test_uncached_hub_id_without_downloads_is_a_load_error(monkeypatch: pytest.M
     message = str(caught.value)
     assert model_id in message and "cache" in message
     assert "--model DIR" in message and "random:tiny" in message
+
+
+@pytest.mark.parametrize(
+    ("dtype", "floor"),
+    [pytest.param("bfloat16", 0.999, id="bfloat16"), pytest.param("float16", 0.9999, id="float16")],
+)
+def test_reduced_precision_weights_stay_near_float32(
+    tiny_dir: Path, engine: ClipEngine, dtype: str, floor: float
+) -> None:
+    low = ClipEngine.load(ModelConfig(id="random:tiny", device="cpu", dtype=dtype))
+    assert low.card.dtype == dtype
+    pixels = engine.preprocess(decode_image(imagegen.jpeg(seed=4), ImageLimits()))
+    tokens = engine.tokenize(["a photo of a cat", "a dog"])
+    for got, want in (
+        (low.embed_images([pixels]), engine.embed_images([pixels])),
+        (low.embed_texts(tokens), engine.embed_texts(tokens)),
+    ):
+        assert got.dtype == np.float32  # served as float32 whatever the weights are
+        assert min(cosine(g, w) for g, w in zip(got, want, strict=True)) >= floor
