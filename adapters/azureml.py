@@ -17,7 +17,6 @@ from clipgate.canonical import (
     Item,
     RequestMeta,
     TextInput,
-    image_from_base64,
 )
 from clipgate.errors import ClipgateError, InternalError, Overloaded, SchemaError
 
@@ -73,7 +72,7 @@ def _column(columns: list[str], data: list[list[Any]], name: str) -> list[str | 
 
 
 def _image(value: str) -> ImageInput:
-    return ImageInput(url=value) if _URL.search(value) else image_from_base64(value)
+    return ImageInput(url=value) if _URL.search(value) else ImageInput(base64=value)
 
 
 def parse_score(body: Body, meta: RequestMeta) -> EmbedRequest:

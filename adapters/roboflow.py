@@ -15,7 +15,6 @@ from clipgate.canonical import (
     Item,
     RequestMeta,
     TextInput,
-    image_from_base64,
 )
 from clipgate.errors import ClipgateError, ImageError, InvalidRequest, NotReady, SchemaError, Unauthorized, UnknownModel
 
@@ -75,13 +74,13 @@ def _image(value: Any, loc: tuple[str | int, ...]) -> ImageInput:
         raise ImageError("Image declaration contains not recognised image type.")
     if not isinstance(data, str):
         raise ImageError("Empty image payload." if data is None else f"The {kind} image value must be a string.")
-    return ImageInput(url=data) if kind == "url" else image_from_base64(data)
+    return ImageInput(url=data) if kind == "url" else ImageInput(base64=data)
 
 
 def _untyped_image(value: Any, loc: tuple[str | int, ...]) -> ImageInput:
     """Compare also takes a bare string where an image goes: a URL if it starts with http, else base64."""
     if isinstance(value, str):
-        return ImageInput(url=value) if value.startswith("http") else image_from_base64(value)
+        return ImageInput(url=value) if value.startswith("http") else ImageInput(base64=value)
     return _image(value, loc)
 
 

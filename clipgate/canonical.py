@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-import base64
 import math
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeAlias
-
-from clipgate.errors import ImageError
 
 JSON: TypeAlias = Any
 """A value as orjson reads and writes it (dict, list, str, int, float, bool, None, ndarray)."""
@@ -22,14 +18,16 @@ class TextInput:
 
 @dataclass(frozen=True, slots=True)
 class ImageInput:
-    """An image as the caller sent it: its encoded bytes, or a URL to fetch (when allowed)."""
+    """An image as the caller sent it: its encoded bytes, a base64 string of them, or a URL to
+    fetch (when allowed). The core decodes base64 off the event loop, after the cheap checks."""
 
     data: bytes | None = None
+    base64: str | None = None
     url: str | None = None
 
     def __post_init__(self) -> None:
-        if (self.data is None) == (self.url is None):
-            raise ValueError("ImageInput takes exactly one of data and url")
+        if sum(v is not None for v in (self.data, self.base64, self.url)) != 1:
+            raise ValueError("ImageInput takes exactly one of data, base64 and url")
 
 
 Item: TypeAlias = TextInput | ImageInput
@@ -96,28 +94,3 @@ class ModelCard:
     max_text_tokens: int
     device: str
     dtype: str
-
-
-_DATA_URI = re.compile(r"^\s*data:[^,]{0,100};base64,", re.IGNORECASE)
-_WHITESPACE = re.compile(rb"\s+")
-_B64 = re.compile(rb"[A-Za-z0-9+/]*={0,2}")
-
-
-def image_from_base64(value: str) -> ImageInput:
-    """Decode a base64 image string as clients send it: an optional `data:...;base64,` prefix,
-    line breaks (`base64.encodebytes` puts one every 76 characters), URL-safe letters, or
-    missing padding. Anything else that is not base64 is refused."""
-    match = _DATA_URI.match(value)
-    if match:
-        value = value[match.end() :]
-    try:
-        raw = _WHITESPACE.sub(b"", value.encode("ascii"))
-    except UnicodeEncodeError as exc:
-        raise ImageError("Malformed base64 input image.") from exc
-    raw = raw.replace(b"-", b"+").replace(b"_", b"/")
-    if not raw:
-        raise ImageError("Empty image payload.")
-    if not _B64.fullmatch(raw) or len(raw.rstrip(b"=")) % 4 == 1:
-        raise ImageError("Malformed base64 input image.")
-    raw = raw.rstrip(b"=")
-    return ImageInput(data=base64.b64decode(raw + b"=" * (-len(raw) % 4)))

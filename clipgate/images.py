@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 import io
+import re
 import warnings
 from dataclasses import dataclass
 
@@ -26,6 +28,31 @@ class ImageLimits:
     max_bytes: int = 20 * 1024 * 1024
     max_pixels: int = 40_000_000
     formats: tuple[str, ...] = DEFAULT_FORMATS
+
+
+_DATA_URI = re.compile(r"^\s*data:[^,]{0,100};base64,", re.IGNORECASE)
+_WHITESPACE = re.compile(rb"\s+")
+_B64 = re.compile(rb"[A-Za-z0-9+/]*={0,2}")
+
+
+def decode_base64(value: str) -> bytes:
+    """Decode a base64 image string as clients send it: an optional `data:...;base64,` prefix,
+    line breaks (`base64.encodebytes` puts one every 76 characters), URL-safe letters, or
+    missing padding. Anything else that is not base64 is refused."""
+    match = _DATA_URI.match(value)
+    if match:
+        value = value[match.end() :]
+    try:
+        raw = _WHITESPACE.sub(b"", value.encode("ascii"))
+    except UnicodeEncodeError as exc:
+        raise ImageError("Malformed base64 input image.") from exc
+    raw = raw.replace(b"-", b"+").replace(b"_", b"/")
+    if not raw:
+        raise ImageError("Empty image payload.")
+    if not _B64.fullmatch(raw) or len(raw.rstrip(b"=")) % 4 == 1:
+        raise ImageError("Malformed base64 input image.")
+    raw = raw.rstrip(b"=")
+    return base64.b64decode(raw + b"=" * (-len(raw) % 4))
 
 
 def decode_image(data: bytes, limits: ImageLimits) -> Image.Image:

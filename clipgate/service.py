@@ -13,7 +13,7 @@ from clipgate.canonical import EmbedRequest, EmbedResult, ImageInput, ModelCard,
 from clipgate.config import Config
 from clipgate.engine import Engine
 from clipgate.errors import ImageError, InvalidRequest, PayloadTooLarge, UnknownModel
-from clipgate.images import ImageLimits, Pixels, decode_image
+from clipgate.images import ImageLimits, Pixels, decode_base64, decode_image
 
 
 class EmbeddingService:
@@ -104,12 +104,18 @@ class EmbeddingService:
     def _decode(self, item: ImageInput) -> Pixels:
         """Runs in the decode pool: fetch (when allowed), decode, verify and preprocess one image."""
         data = item.data
-        if data is None:
+        if item.base64 is not None:
+            if (
+                len(item.base64) > self._limits.max_bytes * 4 // 3 + 4096
+            ):  # newlines and a data: prefix fit in the slack
+                raise PayloadTooLarge(f"The image is over the limit of {self._limits.max_bytes} bytes.")
+            data = decode_base64(item.base64)
+        elif item.url is not None:
             if not self.config.images.allow_url:
                 raise ImageError(
                     "Image URLs are disabled on this server; send the image as base64, or have the "
                     "operator enable them (images.allow_url = true, or CLIPGATE_IMAGES_ALLOW_URL=1)."
                 )
-            assert item.url is not None
             data = urls.fetch(item.url, self._url_policy, self._resolver)
+        assert data is not None
         return self.engine.preprocess(decode_image(data, self._limits))

@@ -449,3 +449,16 @@ def test_request_ids_over_100_characters_are_refused(client: TestClient) -> None
     assert response.headers["x-request-id"] != "r" * 101  # not echoed: a fresh id instead
     exactly = client.post("/score", json=azure_text("x"), headers={"x-request-id": "r" * 100})
     assert exactly.status_code == 200 and exactly.headers["x-request-id"] == "r" * 100
+
+
+def test_unknown_model_is_reported_before_the_images_are_read(client: TestClient) -> None:
+    body = {"image": {"type": "base64", "value": "not base64!"}, "clip_version_id": "RN50"}
+    response = client.post("/clip/embed_image", json=body)
+    assert response.status_code == 404
+    assert response.json()["message"].startswith("Requested Roboflow resource not found.")
+
+
+def test_base64_over_the_image_byte_limit_is_413_before_decoding(engine: ClipEngine) -> None:
+    with TestClient(create_app(make_config(images={"max_bytes": 1000}), engine=engine)) as client:
+        response = client.post("/clip/embed_image", json={"image": {"type": "base64", "value": "A" * 8000}})
+    assert response.status_code == 413
