@@ -47,11 +47,11 @@ def decode_base64(value: str) -> bytes:
     except UnicodeEncodeError as exc:
         raise ImageError("Malformed base64 input image.") from exc
     raw = raw.replace(b"-", b"+").replace(b"_", b"/")
-    if not raw:
-        raise ImageError("Empty image payload.")
     if not _B64.fullmatch(raw) or len(raw.rstrip(b"=")) % 4 == 1:
         raise ImageError("Malformed base64 input image.")
     raw = raw.rstrip(b"=")
+    if not raw:  # nothing, or only padding
+        raise ImageError("Empty image payload.")
     return base64.b64decode(raw + b"=" * (-len(raw) % 4))
 
 

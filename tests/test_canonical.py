@@ -39,7 +39,7 @@ def test_any_string_decodes_or_is_an_image_error(value: str) -> None:
     assert result
 
 
-@pytest.mark.parametrize("value", ["", "   ", "\n", "data:image/png;base64,"])
+@pytest.mark.parametrize("value", ["", "   ", "\n", "data:image/png;base64,", "=", "=="])
 def test_empty_payload(value: str) -> None:
     with pytest.raises(ImageError, match="Empty image payload"):
         decode_base64(value)
