@@ -90,20 +90,18 @@ def resolve_checkpoint(cfg: ModelConfig) -> Path:
 
 
 def pick_device(name: str) -> torch.device:
+    """`name` is auto, cpu or cuda[:N] (ModelConfig checks that)."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ModelLoadError(f"device {name} was asked for but CUDA is not available")
-    if name != "cpu" and not name.startswith("cuda"):
-        raise ModelLoadError(f"unknown device {name!r}; use auto, cpu or cuda")
     return torch.device(name)
 
 
 def pick_dtype(name: str, device: torch.device) -> torch.dtype:
+    """`name` is auto or one of _DTYPES (ModelConfig checks that)."""
     if name == "auto":
         return torch.float16 if device.type == "cuda" else torch.float32
-    if name not in _DTYPES:
-        raise ModelLoadError(f"unknown dtype {name!r}; use auto, float32, float16 or bfloat16")
     return _DTYPES[name]
 
 
@@ -144,7 +142,6 @@ class ClipEngine:
         self.tokenizer = tokenizer
         self.transform = transform
         self.card = card
-        self.truncate = truncate
         self._device = next(model.parameters()).device
         self._dtype = next(model.parameters()).dtype
         self._pad_id = pad_id

@@ -125,7 +125,7 @@ def test_lanes_are_separate_queues_on_one_model_thread() -> None:
     assert len(names) == 2 and len(set(names)) == 1 and names[0].startswith("clipgate-model")
 
 
-def test_stop_cancels_what_is_still_queued() -> None:
+def test_stop_answers_what_is_still_queued() -> None:
     rec = Recorder()
     rec.gate.clear()
 
