@@ -3,7 +3,13 @@
 Each kind of work (images, texts) has its own queue. A single dispatcher task takes the queue
 whose oldest entry has waited longest, waits up to `max_wait` for the batch to fill, and runs it
 on the model thread. While a batch runs, new entries pile up and form the next one, so batches
-grow with load by themselves. A failed batch fails only its own callers; the loop goes on.
+grow with load by themselves. A batch that is not full waits up to `max_wait` after the end of
+the previous one: the callers a batch has just answered are often about to send again, and
+without that pause a steady load splits into two half-size batches taking turns (measured:
+mean text batch 8 instead of 16 with 16 clients, and ~8% fewer texts per second). Entries that
+are still being decoded are waited for too (`incoming`), up to `max_incoming_wait`.
+A sized lane (texts) groups entries of like size when more are queued than one batch holds.
+A failed batch fails only its own callers; the loop goes on.
 A caller that went away (its future cancelled) is dropped before its batch is formed.
 """
 
@@ -11,9 +17,11 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
+import itertools
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -30,6 +38,25 @@ class Lane:
 
     run: Callable[[list[Any]], Any]  # a sequence of rows, or an array with one row per payload
     max_batch: int
+    size: Callable[[Any], int] | None = None  # a payload's cost (a text's token count), for grouping
+
+
+# With more queued than one batch holds, a sized lane looks this many batches deep for entries
+# the size of its oldest one: a batch of texts is padded to its longest, so like goes with like.
+GROUPING_WINDOW_BATCHES = 8
+
+
+@dataclass(slots=True)
+class LaneStats:
+    """What a lane has run: batches, items, and seconds the model spent on them."""
+
+    batches: int = 0
+    items: int = 0
+    busy_s: float = 0.0
+
+    def __str__(self) -> str:
+        mean = self.items / self.batches if self.batches else 0.0
+        return f"{self.batches} batches, {self.items} items (mean batch {mean:.1f}), model busy {self.busy_s:.1f} s"
 
 
 @dataclass(slots=True)
@@ -40,16 +67,20 @@ class _Entry:
 
 
 class Batcher:
-    def __init__(self, lanes: dict[str, Lane], *, max_wait_s: float) -> None:
+    def __init__(self, lanes: dict[str, Lane], *, max_wait_s: float, max_incoming_wait_s: float = 0.0) -> None:
         for name, lane in lanes.items():
             if lane.max_batch < 1:
                 raise ValueError(f"lane {name}: max_batch must be at least 1, not {lane.max_batch}")
         self._lanes = lanes
         self._queues: dict[str, collections.deque[_Entry]] = {name: collections.deque() for name in lanes}
         self._max_wait_s = max_wait_s
+        self._max_incoming_wait_s = max_incoming_wait_s
+        self._incoming = {name: 0 for name in lanes}
         self._wakeup = asyncio.Event()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clipgate-model")
         self._task: asyncio.Task[None] | None = None
+        self.stats = {name: LaneStats() for name in lanes}
+        self._free_since = 0.0  # time.monotonic() when the model thread last finished a batch
 
     def start(self) -> None:
         if self._task is None:
@@ -67,12 +98,27 @@ class Batcher:
             self._abandon(list(queue))
             queue.clear()
         self._executor.shutdown(wait=True)
+        for name, stats in self.stats.items():
+            log.info("%s lane: %s", name, stats)
 
     @staticmethod
     def _abandon(entries: Sequence[_Entry]) -> None:
         for entry in entries:
             if not entry.future.done():
                 entry.future.set_exception(NotReady("The server is shutting down; retry the request."))
+
+    @contextlib.contextmanager
+    def incoming(self, lane: str, count: int) -> Iterator[None]:
+        """Announce `count` entries for `lane` that are being prepared (decoded, tokenized) and
+        will be submitted when the block ends: a batch that is not yet full waits for them, up to
+        `max_incoming_wait` after its oldest entry. Use on the event loop, around the awaits
+        that prepare the entries, and submit right after the block, with no await between."""
+        self._incoming[lane] += count
+        try:
+            yield
+        finally:
+            self._incoming[lane] -= count
+            self._wakeup.set()
 
     def run_on_model_thread(self, fn: Callable[[], Any]) -> asyncio.Future[Any]:
         """Run `fn` on the model thread, between batches (warm-up uses this)."""
@@ -104,10 +150,16 @@ class Batcher:
         return min(heads)[1] if heads else None
 
     async def _fill(self, lane: str) -> None:
-        """Wait until the lane holds a full batch or its oldest entry is `max_wait` old."""
+        """Wait until the lane holds a full batch, or `max_wait` has passed since the model became
+        free and no announced entries are still being prepared (those are waited for up to
+        `max_incoming_wait` after the oldest entry). A model that has been idle longer than
+        `max_wait` starts at once: a lone caller does not wait for company that is not coming."""
         queue, limit = self._queues[lane], self._lanes[lane].max_batch
         while len(queue) < limit:
-            remaining = queue[0].enqueued + self._max_wait_s - time.monotonic()
+            deadline = self._free_since + self._max_wait_s
+            if self._incoming[lane]:
+                deadline = max(deadline, queue[0].enqueued + self._max_incoming_wait_s)
+            remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return
             self._wakeup.clear()
@@ -120,19 +172,43 @@ class Batcher:
 
     def _take(self, lane: str) -> list[_Entry]:
         queue, spec = self._queues[lane], self._lanes[lane]
+        while queue and queue[0].future.done():  # a cancelled caller is skipped
+            queue.popleft()
+        if spec.size is not None and len(queue) > spec.max_batch:
+            return self._take_grouped(queue, spec.max_batch, spec.size)
         batch: list[_Entry] = []
         while queue and len(batch) < spec.max_batch:
             entry = queue.popleft()
-            if not entry.future.done():  # a cancelled caller is skipped
+            if not entry.future.done():
                 batch.append(entry)
+        return batch
+
+    @staticmethod
+    def _take_grouped(queue: collections.deque[_Entry], limit: int, size: Callable[[Any], int]) -> list[_Entry]:
+        """The oldest entry, and the entries nearest its size among the next few batches' worth."""
+        window = [e for e in itertools.islice(queue, GROUPING_WINDOW_BATCHES * limit) if not e.future.done()]
+        target = size(window[0].payload)
+        batch = sorted(window, key=lambda e: (abs(size(e.payload) - target), e.enqueued))[:limit]
+        chosen = {id(e) for e in batch}
+        remaining = [e for e in queue if id(e) not in chosen and not e.future.done()]
+        queue.clear()
+        queue.extend(remaining)
         return batch
 
     async def _run(self, lane: str, batch: list[_Entry]) -> None:
         run = self._lanes[lane].run
         payloads = [e.payload for e in batch]
         loop = asyncio.get_running_loop()
+        stats = self.stats[lane]
+        started = time.perf_counter()
         try:
-            rows = await loop.run_in_executor(self._executor, run, payloads)
+            try:
+                rows = await loop.run_in_executor(self._executor, run, payloads)
+            finally:
+                self._free_since = time.monotonic()
+                stats.batches += 1
+                stats.items += len(batch)
+                stats.busy_s += time.perf_counter() - started
             if len(rows) != len(batch):
                 raise RuntimeError(f"{lane} batch of {len(batch)} returned {len(rows)} rows")
         except asyncio.CancelledError:  # stop() while this batch ran: its callers still get an answer

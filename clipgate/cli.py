@@ -49,6 +49,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 _QUERY_PARAM = re.compile(r"([?&])([^=&#\s]*)=([^&#\s]*)")
+GIL_SWITCH_INTERVAL_S = 0.001
 SECRET_PARAMS = frozenset({"api_key", "key", "token", "access_token"})
 
 
@@ -93,6 +94,10 @@ def serve(config: Config) -> int:
         if server is not None:
             server.should_exit = True
 
+    # The event loop and the model thread share the GIL; torch lets go of it for every op and
+    # takes it back after. At Python's default 5 ms switch interval a thread that wants the GIL
+    # back can wait that long; at 1 ms 16 clients got ~9% more texts per second (make bench).
+    sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
     app = create_app(config, on_fatal=on_fatal)
     server = uvicorn.Server(
         uvicorn.Config(

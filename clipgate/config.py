@@ -73,11 +73,13 @@ class BatchingConfig:
     max_batch_images: int = 32
     max_batch_texts: int = 64
     max_wait_ms: float = 2.0
+    max_wait_incoming_ms: float = 100.0
 
     def __post_init__(self) -> None:
         for key in ("max_batch_images", "max_batch_texts"):
             _require(getattr(self, key) >= 1, f"batching.{key}", "must be at least 1", getattr(self, key))
-        _require(self.max_wait_ms >= 0, "batching.max_wait_ms", "must not be negative", self.max_wait_ms)
+        for key in ("max_wait_ms", "max_wait_incoming_ms"):
+            _require(getattr(self, key) >= 0, f"batching.{key}", "must not be negative", getattr(self, key))
 
 
 @dataclass(frozen=True)
@@ -86,6 +88,7 @@ class ImagesConfig:
     max_pixels: int = 40_000_000
     formats: tuple[str, ...] = ("JPEG", "PNG", "WEBP", "GIF", "BMP")
     decode_threads: int = 2
+    reduced_jpeg_decode: bool = True
     allow_url: bool = False
     allow_http_url: bool = False
     allow_ip_hosts: bool = False

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -13,7 +14,13 @@ from clipgate.canonical import EmbedRequest, EmbedResult, ImageInput, ModelCard,
 from clipgate.config import Config
 from clipgate.engine import Engine
 from clipgate.errors import ImageError, InvalidRequest, PayloadTooLarge, UnknownModel
+from clipgate.gate import ComputeGate
 from clipgate.images import ImageLimits, Pixels, decode_base64, decode_image
+
+# A JPEG is decoded at reduced size only while its shortest side stays this many times the model's
+# input side: the resize that follows then sees nearly the same pixels (measured: embedding cosine
+# >= 0.99999 against a full decode, by tests/test_images.py and the benchmark).
+REDUCED_DECODE_MARGIN = 1.5
 
 
 class EmbeddingService:
@@ -35,13 +42,18 @@ class EmbeddingService:
             max_bytes=images.max_bytes,
         )
         self._resolver = resolver
+        self._reduced_decode = images.reduced_jpeg_decode
         self._decode_pool = ThreadPoolExecutor(max_workers=images.decode_threads, thread_name_prefix="clipgate-decode")
+        # On a CPU the model and the decoders take turns (see clipgate.gate); on a GPU they overlap.
+        self.gate = ComputeGate(enabled=engine.card.device == "cpu")
+        batching = config.batching
         self.batcher = Batcher(
             {
-                "image": Lane(run=engine.embed_images, max_batch=config.batching.max_batch_images),
-                "text": Lane(run=engine.embed_texts, max_batch=config.batching.max_batch_texts),
+                "image": Lane(run=self.gate.model(engine.embed_images), max_batch=batching.max_batch_images),
+                "text": Lane(run=self.gate.model(engine.embed_texts), max_batch=batching.max_batch_texts, size=len),
             },
-            max_wait_s=config.batching.max_wait_ms / 1000,
+            max_wait_s=batching.max_wait_ms / 1000,
+            max_incoming_wait_s=batching.max_wait_incoming_ms / 1000,
         )
 
     @property
@@ -71,10 +83,16 @@ class EmbeddingService:
         images = [(i, item) for i, item in enumerate(items) if isinstance(item, ImageInput)]
         self._check_sizes(texts, images)
         loop = asyncio.get_running_loop()
-        tokens = (
-            await loop.run_in_executor(self._decode_pool, self.engine.tokenize, [t for _, t in texts]) if texts else []
-        )
-        pixels = await asyncio.gather(*(self._prepare_image(item) for _, item in images)) if images else []
+        pool = self._decode_pool
+        fetched = [  # only a URL is fetched in the pool; bytes and base64 text are at hand
+            await loop.run_in_executor(pool, self._fetch, item) if item.url is not None else self._fetch(item)
+            for _, item in images
+        ]
+        # Announced to the batcher, so a batch about to start waits for these rather than leaving
+        # without them; on a CPU the decoding itself waits while a batch runs (clipgate.gate).
+        with self.batcher.incoming("text", len(texts)), self.batcher.incoming("image", len(images)):
+            tokens = await loop.run_in_executor(pool, self._tokenize, [t for _, t in texts]) if texts else []
+            pixels = await asyncio.gather(*(loop.run_in_executor(pool, self._decode, data) for data in fetched))
         futures = self.batcher.submit("text", tokens) + self.batcher.submit("image", pixels)
         try:
             rows = await asyncio.gather(*futures)
@@ -98,24 +116,29 @@ class EmbeddingService:
                     f"Text at index {n} is {len(text)} characters long; the limit is {limits.max_text_chars}."
                 )
 
-    async def _prepare_image(self, item: ImageInput) -> Pixels:
-        return await asyncio.get_running_loop().run_in_executor(self._decode_pool, self._decode, item)
-
-    def _decode(self, item: ImageInput) -> Pixels:
-        """Runs in the decode pool: fetch (when allowed), decode, verify and preprocess one image."""
-        data = item.data
+    def _fetch(self, item: ImageInput) -> bytes | str:
+        """Runs in the decode pool, outside the gate: an image's bytes, base64 text, or its URL's content."""
         if item.base64 is not None:
-            if (
-                len(item.base64) > self._limits.max_bytes * 4 // 3 + 4096
-            ):  # newlines and a data: prefix fit in the slack
+            if len(item.base64) > self._limits.max_bytes * 4 // 3 + 4096:  # line breaks and a data: prefix fit
                 raise PayloadTooLarge(f"The image is over the limit of {self._limits.max_bytes} bytes.")
-            data = decode_base64(item.base64)
-        elif item.url is not None:
+            return item.base64
+        if item.url is not None:
             if not self.config.images.allow_url:
                 raise ImageError(
                     "Image URLs are disabled on this server; send the image as base64, or have the "
                     "operator enable them (images.allow_url = true, or CLIPGATE_IMAGES_ALLOW_URL=1)."
                 )
-            data = urls.fetch(item.url, self._url_policy, self._resolver)
-        assert data is not None
-        return self.engine.preprocess(decode_image(data, self._limits))
+            return urls.fetch(item.url, self._url_policy, self._resolver)
+        assert item.data is not None
+        return item.data
+
+    def _tokenize(self, texts: list[str]) -> list[list[int]]:
+        with self.gate.decoding():
+            return self.engine.tokenize(texts)
+
+    def _decode(self, source: bytes | str) -> Pixels:
+        """Runs in the decode pool, inside the gate: base64, decode, verify and preprocess one image."""
+        with self.gate.decoding():
+            data = decode_base64(source) if isinstance(source, str) else source
+            reduce_to = math.ceil(REDUCED_DECODE_MARGIN * self.engine.card.image_size) if self._reduced_decode else None
+            return self.engine.preprocess(decode_image(data, self._limits, reduce_to=reduce_to))

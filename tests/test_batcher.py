@@ -141,3 +141,50 @@ def test_stop_answers_what_is_still_queued() -> None:
         assert all(isinstance(f.exception(), NotReady) for f in queued)
 
     run(main())
+
+
+def test_a_sized_lane_groups_like_sizes_when_more_is_queued_than_one_batch() -> None:
+    """Texts are padded to the longest in their batch: long ones go with long ones."""
+    batches: list[list[int]] = []
+
+    def lengths(payloads: list[list[int]]) -> list[int]:
+        batches.append([len(p) for p in payloads])
+        return [len(p) for p in payloads]
+
+    async def main() -> list[int]:
+        batcher = Batcher({"t": Lane(lengths, max_batch=4, size=len)}, max_wait_s=0.0)
+        payloads = [[0] * (70 if i % 2 else 5) for i in range(8)]  # 5, 70, 5, 70, ...
+        futures = batcher.submit("t", payloads)  # all queued before the dispatcher starts
+        batcher.start()
+        rows = await asyncio.gather(*futures)
+        await batcher.stop()
+        return rows
+
+    assert run(main()) == [70 if i % 2 else 5 for i in range(8)]  # every caller still gets its own row
+    assert sorted(batches) == [[5, 5, 5, 5], [70, 70, 70, 70]]
+    assert batches[0] == [5, 5, 5, 5]  # the oldest entry's group goes first
+
+
+def test_callers_arriving_just_after_a_batch_ends_join_the_next_one() -> None:
+    """The wait for company counts from the end of the last batch, not only from the oldest
+    entry's arrival: an entry that waited through a whole batch still waits `max_wait` for the
+    callers that batch has just answered."""
+    rec = Recorder()
+    rec.gate.clear()
+
+    async def main() -> None:
+        batcher = Batcher({"x": Lane(rec, max_batch=16)}, max_wait_s=0.5)
+        batcher.start()
+        first = batcher.submit("x", [0])
+        await asyncio.sleep(0.6)  # batch [0] leaves after max_wait, then blocks at the gate
+        await asyncio.to_thread(rec.entered.wait, 5)
+        waiting = batcher.submit("x", [1])  # queued behind the running batch
+        await asyncio.sleep(0.6)  # it has now waited longer than max_wait
+        rec.gate.set()
+        await asyncio.gather(*first)
+        late = batcher.submit("x", [2])  # an answered caller comes back at once
+        await asyncio.gather(*waiting, *late)
+        await batcher.stop()
+
+    run(main())
+    assert rec.batches == [[0], [1, 2]]

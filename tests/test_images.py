@@ -402,3 +402,66 @@ def test_extreme_aspect_ratio_stays_cheap(height: int, monkeypatch: pytest.Monke
         defaults.std, np.float32
     )
     np.testing.assert_allclose(out, np.broadcast_to(expected[:, None, None], out.shape), atol=1e-3)
+
+
+# --- reduced-size JPEG decoding ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("fmt", "size", "want"),
+    [
+        pytest.param("JPEG", (1024, 768), (512, 384), id="jpeg-halved"),
+        pytest.param("JPEG", (4000, 3000), (500, 375), id="jpeg-eighth"),
+        pytest.param("JPEG", (800, 2400), (400, 1200), id="jpeg-portrait-halved"),
+        pytest.param("JPEG", (640, 480), (640, 480), id="jpeg-too-small-to-reduce"),
+        pytest.param("PNG", (1024, 768), (1024, 768), id="png-never-reduced"),
+    ],
+)
+def test_reduced_decode_keeps_the_shortest_side_at_least_reduce_to(
+    fmt: str, size: tuple[int, int], want: tuple[int, int]
+) -> None:
+    data = imagegen.encode(imagegen.picture(*size), fmt)
+    image = decode_image(data, ImageLimits(), reduce_to=336)
+    assert image.size == want
+    assert image.mode == "RGB"
+    assert min(image.size) >= 336
+
+
+def test_reduced_decode_respects_exif_orientation() -> None:
+    upright = imagegen.picture(800, 1600)
+    rotated = upright.transpose(Image.Transpose.ROTATE_90)  # stored landscape, tagged to turn upright
+    exif = Image.Exif()
+    exif[0x0112] = 8  # rotate 90 CW to display
+    data = imagegen.encode(rotated, "JPEG", exif=exif.tobytes(), quality=95)
+    image = decode_image(data, ImageLimits(), reduce_to=336)
+    assert image.size == (400, 800)
+    full = decode_image(data, ImageLimits()).resize((400, 800))
+    diff = np.abs(np.asarray(image, dtype=np.int16) - np.asarray(full, dtype=np.int16))
+    assert diff.mean() < 4  # the same picture, the same way up
+
+
+def test_reduced_decode_still_checks_limits_on_the_full_size() -> None:
+    data = imagegen.encode(imagegen.picture(2000, 1500), "JPEG")
+    with pytest.raises(PayloadTooLarge):
+        decode_image(data, ImageLimits(max_pixels=2000 * 1500 - 1), reduce_to=336)
+
+
+@given(st.binary(max_size=300), st.sampled_from(["plain", "lines", "urlsafe", "unpadded", "data-uri"]))
+@settings(max_examples=200, deadline=None)
+def test_base64_in_every_client_spelling_decodes_to_the_same_bytes(data: bytes, spelling: str) -> None:
+    import base64
+
+    from clipgate.images import decode_base64
+
+    text = {
+        "plain": base64.b64encode(data).decode(),
+        "lines": base64.encodebytes(data).decode(),
+        "urlsafe": base64.urlsafe_b64encode(data).decode(),
+        "unpadded": base64.b64encode(data).decode().rstrip("="),
+        "data-uri": "data:image/jpeg;base64," + base64.b64encode(data).decode(),
+    }[spelling]
+    if data:
+        assert decode_base64(text) == data
+    else:
+        with pytest.raises(ImageError, match="Empty"):
+            decode_base64(text)

@@ -1,0 +1,491 @@
+"""`make bench`: the gateway against the bare model and a naive server, side by side, in one run.
+
+    python -m clipgate.bench [--model random:base] [--device cpu|cuda] [--out bench-results.json]
+
+1. The bare model in this process: images and texts per second at each batch size, the cost of
+   decoding one JPEG, and the parity of our preprocessing and of the reduced dtype.
+2. `clipgate serve` on the same checkpoint: latency at concurrency 1, throughput at
+   concurrency 16 (Roboflow base64 JSON, SambaStudio multipart, short texts), and resident
+   memory across a 2,000-request mixed run.
+3. The naive per-request server under the same load.
+4. `clipgate serve` with the reduced dtype (bfloat16 on CPU, float16 on CUDA) under the image load.
+
+Every figure is taken in this one run, so ratios compare like with like on a noisy machine.
+The load stays on 127.0.0.1 and every phase is bounded in time. Prints a table; writes JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import contextlib
+import json
+import math
+import os
+import platform
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+
+from clipgate.bench import bare, loadgen, servers, workload
+from clipgate.config import ModelConfig
+from clipgate.engine import resolve_checkpoint
+from clipgate.images import ImageTransform
+
+CONCURRENCY = 16
+GIB = 1024**3
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How long each part runs. `quick` is for tests of the benchmark itself, not for figures."""
+
+    image_batches: tuple[int, ...] = (1, 4, 8, 16, 32)
+    text_batches: tuple[int, ...] = (1, 16, 64, 256)
+    long_text_batches: tuple[int, ...] = (1, 8, 16, 32)
+    reduced_batches: tuple[int, ...] = (8, 32)
+    point_s: float = 1.5
+    latency_images: int = 15  # per round
+    latency_texts: int = 40
+    image_load_s: float = 7.0
+    text_load_s: float = 5.0
+    soak_requests: int = 2000
+    images_per_soak_cycle: int = 1  # of every 8 soak requests, this many carry an image
+
+    @classmethod
+    def quick(cls) -> Plan:
+        return cls(
+            image_batches=(1, 4),
+            text_batches=(1, 16),
+            long_text_batches=(1, 4),
+            reduced_batches=(4,),
+            point_s=0.05,
+            latency_images=4,
+            latency_texts=8,
+            image_load_s=1.5,
+            text_load_s=1.0,
+            soak_requests=80,
+        )
+
+
+def log(message: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+# --- the requests --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Requests:
+    image_json: list[bytes]  # Roboflow /clip/embed_image, base64
+    image_multipart: list[bytes]  # SambaStudio /api/predict/file, raw JPEG bytes
+    short_text: list[bytes]  # Roboflow /clip/embed_text, one short caption each
+
+
+def build_requests(jpegs: Sequence[bytes]) -> Requests:
+    image_json = [
+        loadgen.json_request("/clip/embed_image", {"image": {"type": "base64", "value": base64.b64encode(j).decode()}})
+        for j in jpegs
+    ]
+    multipart = [
+        loadgen.multipart_request("/api/predict/file/bench/clip", "predict_file", f"photo{i}.jpg", j)
+        for i, j in enumerate(jpegs)
+    ]
+    texts = [loadgen.json_request("/clip/embed_text", {"text": t}) for t in workload.SHORT_TEXTS]
+    return Requests(image_json, multipart, texts)
+
+
+def long_texts(model_dir: Path, count: int = 8) -> list[str]:
+    """Captions of exactly the model's context length (77 tokens with start and end)."""
+    from clipgate.engine import load_tokenizer
+
+    tokenizer, _ = load_tokenizer(model_dir)
+    tokenizer.no_truncation()
+    out = []
+    for seed in range(count):
+        words = workload.long_text(seed, tokens=90).split()
+        while len(tokenizer.encode(" ".join(words)).ids) > 77:
+            words.pop()
+        out.append(" ".join(words))
+    return out
+
+
+# --- the bare model ---------------------------------------------------------------------------
+
+
+@dataclass
+class BareSide:
+    """The bare models, loaded once and kept: they are measured again in every round."""
+
+    fp32: bare.BareModel
+    reduced: bare.BareModel
+    reduced_name: str
+    best_image_batch: int
+    best_text_batch: int
+    best_reduced_batch: int
+
+
+def sweep_bare(
+    model_dir: Path, jpegs: Sequence[bytes], args: argparse.Namespace, plan: Plan
+) -> tuple[dict[str, Any], BareSide]:
+    """Every batch size once, to find the best; the decode cost; parity of preprocessing and dtype."""
+    import torch
+
+    from clipgate.images import ImageLimits, decode_image
+    from clipgate.service import REDUCED_DECODE_MARGIN
+
+    results: dict[str, Any] = {}
+    log("bare model, float32: images by batch size")
+    model = bare.BareModel(model_dir, dtype=torch.float32, device=args.device)
+    images = model.images(plan.image_batches, min_s=plan.point_s)
+    log("bare model, float32: short and 77-token texts by batch size")
+    short = model.texts(workload.SHORT_TEXTS, plan.text_batches, min_s=plan.point_s)
+    long = model.texts(long_texts(model_dir), plan.long_text_batches, min_s=plan.point_s)
+    results["float32_sweep"] = {
+        "images": _points(images),
+        "short_texts": _points(short),
+        "long_texts": _points(long),
+    }
+    log("decoding and preprocessing: ours (reduced JPEG decode and full) and transformers' processor")
+    transform = ImageTransform.from_processor_config(json.loads((model_dir / "preprocessor_config.json").read_text()))
+    reduce_to = math.ceil(REDUCED_DECODE_MARGIN * transform.crop_height)
+    results["decode_ms"] = {
+        "ours_reduced": round(bare.decode_seconds(jpegs, transform, reduce_to=reduce_to) * 1000, 2),
+        "ours_full": round(bare.decode_seconds(jpegs, transform, reduce_to=None) * 1000, 2),
+        "transformers_processor": round(bare.reference_decode_seconds(model_dir, jpegs) * 1000, 2),
+    }
+    log("parity: our preprocessing against transformers' processor, through the model")
+    limits = ImageLimits()
+    reference = model.image_vectors(bare.reference_pixels(model_dir, jpegs))
+    ours_reduced = np.stack([transform(decode_image(j, limits, reduce_to=reduce_to)) for j in jpegs])
+    ours_full = np.stack([transform(decode_image(j, limits)) for j in jpegs])
+    fp32_vectors = model.image_vectors(ours_reduced)
+    results["parity"] = {
+        "reduced_decode_min_cosine": float(bare.cosines(fp32_vectors, reference).min()),
+        "full_decode_min_cosine": float(bare.cosines(model.image_vectors(ours_full), reference).min()),
+    }
+    reduced_name = "float16" if args.device.startswith("cuda") else "bfloat16"
+    log(f"bare model, {reduced_name}: images by batch size")
+    reduced = bare.BareModel(model_dir, dtype=getattr(torch, reduced_name), device=args.device)
+    reduced_points = reduced.images(plan.reduced_batches, min_s=plan.point_s)
+    results[f"{reduced_name}_sweep"] = {
+        "images": _points(reduced_points),
+        "min_cosine_vs_float32": float(bare.cosines(reduced.image_vectors(ours_reduced), fp32_vectors).min()),
+    }
+    results["reduced_dtype"] = reduced_name
+    side = BareSide(
+        fp32=model,
+        reduced=reduced,
+        reduced_name=reduced_name,
+        best_image_batch=bare.best(images).batch,
+        best_text_batch=bare.best(short).batch,
+        best_reduced_batch=bare.best(reduced_points).batch,
+    )
+    results["best_batch"] = {
+        "images": side.best_image_batch,
+        "short_texts": side.best_text_batch,
+        "long_texts": bare.best(long).batch,
+        "reduced_images": side.best_reduced_batch,
+    }
+    return results, side
+
+
+def _points(points: Sequence[bare.Point]) -> list[dict[str, float]]:
+    return [{"batch": p.batch, "per_s": round(p.per_s, 2)} for p in points]
+
+
+# --- the rounds ---------------------------------------------------------------------------------
+
+
+def load(port: int, reqs: Sequence[bytes], **kwargs: Any) -> loadgen.LoadReport:
+    return asyncio.run(loadgen.run_load("127.0.0.1", port, reqs, **kwargs))
+
+
+def one_round(
+    n: int,
+    side: BareSide,
+    gate: servers.ServerProcess,
+    naive: servers.ServerProcess | None,
+    reduced: servers.ServerProcess | None,
+    reqs: Requests,
+    plan: Plan,
+) -> dict[str, Any]:
+    """Each measure next to the one it is compared with, seconds apart, so a noisy neighbour
+    slows both sides of a ratio alike."""
+    out: dict[str, Any] = {}
+    check = loadgen.has_json_key("embeddings")
+    c16 = {"concurrency": CONCURRENCY, "check": check}
+    log(f"round {n}: one image at a time, bare batch 1 then clipgate")
+    out["bare_image_b1_per_s"] = side.fp32.images([1], min_s=plan.point_s)[0].per_s
+    out["image_c1"] = load(
+        gate.port, reqs.image_json, concurrency=1, total=plan.latency_images, warmup=2, check=check
+    ).summary()
+    out["text_c1"] = load(
+        gate.port, reqs.short_text, concurrency=1, total=plan.latency_texts, warmup=4, check=check
+    ).summary()
+    log(f"round {n}: images, bare best batch then {CONCURRENCY} clients on each server")
+    out["bare_images_per_s"] = side.fp32.images([side.best_image_batch], min_s=plan.point_s)[0].per_s
+    out["image_json_c16"] = load(
+        gate.port, reqs.image_json, duration_s=plan.image_load_s, warmup=CONCURRENCY, **c16
+    ).summary()
+    out["image_multipart_c16"] = load(
+        gate.port, reqs.image_multipart, duration_s=plan.image_load_s, warmup=CONCURRENCY, concurrency=CONCURRENCY
+    ).summary()
+    if naive is not None:
+        out["naive_image_json_c16"] = load(
+            naive.port, reqs.image_json, duration_s=plan.image_load_s, warmup=CONCURRENCY, **c16
+        ).summary()
+    if reduced is not None:
+        out["reduced_image_json_c16"] = load(
+            reduced.port, reqs.image_json, duration_s=plan.image_load_s, warmup=CONCURRENCY, **c16
+        ).summary()
+        out["bare_reduced_images_per_s"] = side.reduced.images([side.best_reduced_batch], min_s=plan.point_s)[0].per_s
+    log(f"round {n}: short texts, bare best batch then {CONCURRENCY} clients on each server")
+    out["bare_short_texts_per_s"] = side.fp32.texts(workload.SHORT_TEXTS, [side.best_text_batch], min_s=plan.point_s)[
+        0
+    ].per_s
+    out["text_c16"] = load(
+        gate.port, reqs.short_text, duration_s=plan.text_load_s, warmup=4 * CONCURRENCY, **c16
+    ).summary()
+    if naive is not None:
+        out["naive_text_c16"] = load(
+            naive.port, reqs.short_text, duration_s=plan.text_load_s, warmup=CONCURRENCY, **c16
+        ).summary()
+    return out
+
+
+def run_soak(server: servers.ServerProcess, reqs: Requests, plan: Plan) -> dict[str, Any]:
+    """A mixed run of `plan.soak_requests` at concurrency 16, with resident memory sampled."""
+    mix = reqs.image_json[: plan.images_per_soak_cycle] + reqs.short_text[: 8 - plan.images_per_soak_cycle]
+    log(f"{server.name}: {plan.soak_requests} mixed requests, watching resident memory")
+    marks: dict[int, int] = {}
+
+    def progress(done: int) -> None:
+        if done % max(1, plan.soak_requests // 10) == 0:
+            marks[done] = servers.memory_kib(server.pid)["VmRSS"]
+
+    before = servers.memory_kib(server.pid)["VmRSS"]
+    with servers.MemoryWatch(server.pid) as watch:
+        report = load(server.port, mix, concurrency=CONCURRENCY, total=plan.soak_requests, on_progress=progress)
+    after = servers.memory_kib(server.pid)
+    rss = [kib for _, kib in watch.samples] or [after["VmRSS"]]
+    quarter = sorted(marks.items())
+    early = [kib for done, kib in quarter if done <= plan.soak_requests // 4] or [before]
+    return {
+        "load": report.summary(),
+        "rss_before_mib": round(before / 1024, 1),
+        "rss_after_mib": round(after["VmRSS"] / 1024, 1),
+        "rss_max_during_mib": round(max(rss) / 1024, 1),
+        "rss_at_quarter_mib": round(max(early) / 1024, 1),
+        "rss_growth_after_quarter_mib": round((after["VmRSS"] - max(early)) / 1024, 1),
+        "peak_rss_mib": round(after["VmHWM"] / 1024, 1),
+        "rss_marks_mib": {str(k): round(v / 1024, 1) for k, v in quarter},
+    }
+
+
+# --- the verdict --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Row:
+    what: str
+    ours: float  # medians over the rounds
+    versus: float
+    ratio: float  # the median of the per-round ratios
+    target: str
+    ok: bool
+
+
+def _median(values: Sequence[float]) -> float:
+    return float(np.median(values)) if values else float("nan")
+
+
+def verdict(r: dict[str, Any], weights_mib: float) -> list[Row]:
+    rounds: list[dict[str, Any]] = r["rounds"]
+    decode_ms = r["bare"]["decode_ms"]["ours_reduced"]
+
+    def row(what: str, target: str, ours: list[float], versus: list[float]) -> Row:
+        ratio = _median([a / b for a, b in zip(ours, versus, strict=True) if b])
+        bound = float(target.split()[1])
+        ok = ratio >= bound if target.startswith(">=") else ratio <= bound
+        return Row(what, _median(ours), _median(versus), ratio, target, ok)
+
+    def series(key: str, field: str = "items_per_s") -> list[float]:
+        return [float(x[key][field]) if isinstance(x[key], dict) else float(x[key]) for x in rounds if key in x]
+
+    rows = [
+        row(
+            "images/s c16, base64 JSON / bare best batch",
+            ">= 0.85",
+            series("image_json_c16"),
+            series("bare_images_per_s"),
+        ),
+        row(
+            "images/s c16, multipart / bare best batch",
+            ">= 0.85",
+            series("image_multipart_c16"),
+            series("bare_images_per_s"),
+        ),
+        row("short texts/s c16 / bare best batch", ">= 0.7", series("text_c16"), series("bare_short_texts_per_s")),
+    ]
+    if "naive_image_json_c16" in rounds[0]:
+        rows += [
+            row("images/s c16 / naive server", ">= 1.5", series("image_json_c16"), series("naive_image_json_c16")),
+            row("short texts/s c16 / naive server", ">= 3", series("text_c16"), series("naive_text_c16")),
+        ]
+    budget = [1000 / b1 + decode_ms for b1 in series("bare_image_b1_per_s")]
+    rows.append(row("p50 ms, one image c1 / (bare batch 1 + decode)", "<= 1.15", series("image_c1", "p50_ms"), budget))
+    if "reduced_image_json_c16" in rounds[0]:
+        rows.append(
+            row(
+                f"images/s c16, {r['bare']['reduced_dtype']} / float32 server",
+                ">= 1.8",
+                series("reduced_image_json_c16"),
+                series("image_json_c16"),
+            )
+        )
+    soak = r["clipgate_soak"]
+    rows.append(row("peak RSS MiB / (weights + 1.5 GiB)", "<= 1", [soak["peak_rss_mib"]], [weights_mib + 1536]))
+    rows.append(row("RSS growth MiB over the last 3/4 / 64 MiB", "<= 1", [soak["rss_growth_after_quarter_mib"]], [64]))
+    return rows
+
+
+def table(rows: Sequence[Row]) -> str:
+    head = f"{'measure (medians over the rounds)':<50} {'ours':>9} {'versus':>9} {'ratio':>7}  {'target':<8} ok"
+    lines = [head, "-" * len(head)]
+    for row in rows:
+        mark = "yes" if row.ok else "NO"
+        lines.append(f"{row.what:<50} {row.ours:>9.2f} {row.versus:>9.2f} {row.ratio:>7.3f}  {row.target:<8} {mark}")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m clipgate.bench", description=__doc__.split("\n")[0])
+    parser.add_argument("--model", default="random:base", help="checkpoint id or folder (default random:base)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--out", default="bench-results.json", help="where the figures go (JSON)")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of side-by-side measures (default 3)")
+    parser.add_argument("--quick", action="store_true", help="seconds, not minutes: checks the benchmark runs")
+    parser.add_argument("--no-naive", action="store_true", help="skip the naive baseline server")
+    parser.add_argument("--no-reduced", action="store_true", help="skip the bfloat16/float16 server")
+    args = parser.parse_args(argv)
+    plan = Plan.quick() if args.quick else Plan()
+    started = time.perf_counter()
+    model_dir = resolve_checkpoint(ModelConfig(id=args.model, allow_download=False))
+    weights_mib = sum(f.stat().st_size for f in model_dir.glob("*.safetensors")) / 2**20
+    jpegs = [workload.photo_jpeg(seed) for seed in range(8)]
+    reqs = build_requests(jpegs)
+    results: dict[str, Any] = {
+        "machine": {"platform": platform.platform(), "processor": platform.processor(), "cpus": os.cpu_count()},
+        "model": args.model,
+        "device": args.device,
+        "weights_mib": round(weights_mib, 1),
+        "image_bytes_mean": round(sum(map(len, jpegs)) / len(jpegs)),
+        "concurrency": CONCURRENCY,
+        "quick": args.quick,
+    }
+    rounds = 1 if args.quick else args.rounds
+    results["bare"], side = sweep_bare(model_dir, jpegs, args, plan)
+    workdir = Path(tempfile.mkdtemp(prefix="clipgate-bench-"))
+    log(f"starting the servers; their logs are in {workdir}")
+    with contextlib.ExitStack() as stack:
+
+        def start(name: str, argv_for: Any) -> servers.ServerProcess:
+            port = servers.free_port()
+            server = stack.enter_context(servers.ServerProcess(name, argv_for(port), port, workdir / f"{name}.log"))
+            log(f"{name} ready in {server.ready_s:.1f} s")
+            return server
+
+        gate = start(
+            "clipgate", lambda port: servers.clipgate_argv(args.model, port, device=args.device, dtype="float32")
+        )
+        naive = None if args.no_naive else start("naive", lambda port: servers.naive_argv(model_dir, port))
+        reduced = None
+        if not args.no_reduced:
+            dtype = side.reduced_name
+            reduced = start(
+                f"clipgate-{dtype}",
+                lambda port: servers.clipgate_argv(args.model, port, device=args.device, dtype=dtype),
+            )
+        results["ready_s"] = {s.name: round(s.ready_s, 2) for s in (gate, naive, reduced) if s is not None}
+        results["rounds"] = [one_round(n + 1, side, gate, naive, reduced, reqs, plan) for n in range(rounds)]
+        for other in (naive, reduced):  # the soak has the machine to itself
+            if other is not None:
+                other.__exit__()
+        results["clipgate_soak"] = run_soak(gate, reqs, plan)
+    rows = verdict(results, weights_mib)
+    results["verdict"] = [
+        {
+            "measure": r.what,
+            "ours": r.ours,
+            "versus": r.versus,
+            "ratio": round(r.ratio, 4),
+            "target": r.target,
+            "ok": r.ok,
+        }
+        for r in rows
+    ]
+    results["elapsed_s"] = round(time.perf_counter() - started, 1)
+    Path(args.out).write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY))
+    print(summary_text(results))
+    print(table(rows))
+    print(f"\nfigures in {args.out}; {results['elapsed_s']:.0f} s in all")
+    return 0
+
+
+def summary_text(r: dict[str, Any]) -> str:
+    b = r["bare"]
+    f32, red = b["float32_sweep"], b[f"{b['reduced_dtype']}_sweep"]
+    by_batch = ", ".join
+    lines = [
+        f"clipgate benchmark: {r['model']} on {r['device']} ({r['machine']['cpus']} CPUs, "
+        f"{r['machine']['processor'] or r['machine']['platform']}), {r['concurrency']} clients, "
+        f"1024x768 JPEGs of {r['image_bytes_mean'] / 1024:.0f} KiB, {len(r['rounds'])} rounds",
+        "bare float32, images/s by batch: " + by_batch(f"{p['batch']}: {p['per_s']:.1f}" for p in f32["images"]),
+        "bare float32, short texts/s by batch: "
+        + by_batch(f"{p['batch']}: {p['per_s']:.0f}" for p in f32["short_texts"]),
+        "bare float32, 77-token texts/s by batch: "
+        + by_batch(f"{p['batch']}: {p['per_s']:.1f}" for p in f32["long_texts"]),
+        f"bare {b['reduced_dtype']}, images/s by batch: "
+        + by_batch(f"{p['batch']}: {p['per_s']:.1f}" for p in red["images"])
+        + f"; min cosine to float32 {red['min_cosine_vs_float32']:.6f}",
+        "decode + preprocess one JPEG, ms: ours {ours_reduced} (reduced decode), {ours_full} (full); "
+        "transformers' processor {transformers_processor}".format(**b["decode_ms"]),
+        "min cosine to transformers' processor: reduced decode "
+        f"{b['parity']['reduced_decode_min_cosine']:.7f}, full decode {b['parity']['full_decode_min_cosine']:.7f}",
+        "",
+        f"{'phase (medians over the rounds)':<28} {'per s':>8} {'p50 ms':>8} {'p99 ms':>8}  statuses",
+    ]
+    rounds = r["rounds"]
+    for key, value in rounds[0].items():
+        if not isinstance(value, dict):
+            continue
+        runs = [x[key] for x in rounds]
+        statuses: dict[str, int] = {}
+        for run in runs:
+            for code, count in {**run["statuses"], **{k: v for k, v in run["failures"].items()}}.items():
+                statuses[code] = statuses.get(code, 0) + count
+        lines.append(
+            f"{key:<28} {_median([x['items_per_s'] for x in runs]):>8.1f} {_median([x['p50_ms'] for x in runs]):>8.1f} "
+            f"{_median([x['p99_ms'] for x in runs]):>8.1f}  {statuses}"
+        )
+    soak = r["clipgate_soak"]
+    lines.append(
+        f"\nclipgate resident memory over {soak['load']['requests']} mixed requests: "
+        f"before {soak['rss_before_mib']} MiB, "
+        f"at 1/4 {soak['rss_at_quarter_mib']}, after {soak['rss_after_mib']}, peak {soak['peak_rss_mib']} "
+        f"(weights {r['weights_mib']} MiB); statuses {soak['load']['statuses']}, p99 {soak['load']['p99_ms']} ms"
+    )
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,251 @@
+"""A small HTTP/1.1 load generator for loopback benchmarks and soak runs.
+
+Requests are encoded once, up front, and replayed over keep-alive connections by `concurrency`
+asyncio workers, so the client spends next to no CPU per request: on a 2-core machine every
+cycle it burns is taken from the server it measures. Each run is bounded by a request count,
+a duration, or both, and every request by a timeout: it always ends by itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import itertools
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+
+import orjson
+
+_CRLF2 = b"\r\n\r\n"
+
+
+def encode_request(
+    method: str,
+    path: str,
+    body: bytes = b"",
+    *,
+    content_type: str = "application/json",
+    headers: dict[str, str] | None = None,
+) -> bytes:
+    """One complete HTTP/1.1 request, ready to write to a socket."""
+    lines = [f"{method} {path} HTTP/1.1", "Host: 127.0.0.1", f"Content-Length: {len(body)}"]
+    if body:
+        lines.append(f"Content-Type: {content_type}")
+    lines += [f"{name}: {value}" for name, value in (headers or {}).items()]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
+
+
+def json_request(path: str, payload: object, *, headers: dict[str, str] | None = None) -> bytes:
+    return encode_request("POST", path, orjson.dumps(payload), headers=headers)
+
+
+def multipart_request(
+    path: str, field_name: str, filename: str, data: bytes, *, headers: dict[str, str] | None = None
+) -> bytes:
+    boundary = "clipgatebenchboundary7MA4YWxkTrZu0gW"
+    body = (
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="{field_name}"; filename="{filename}"\r\n'
+            "Content-Type: application/octet-stream\r\n\r\n"
+        ).encode()
+        + data
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
+    return encode_request("POST", path, body, content_type=f"multipart/form-data; boundary={boundary}", headers=headers)
+
+
+@dataclass(slots=True)
+class Response:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+
+@dataclass
+class LoadReport:
+    """What one run saw. `latencies_s` and `statuses` cover the requests that finished inside
+    the measured window; `failures` counts connection errors and timeouts (no status)."""
+
+    concurrency: int
+    elapsed_s: float = 0.0
+    latencies_s: list[float] = field(default_factory=list)
+    statuses: collections.Counter[int] = field(default_factory=collections.Counter)
+    failures: collections.Counter[str] = field(default_factory=collections.Counter)
+    items_per_request: float = 1.0
+    bad_bodies: int = 0
+
+    @property
+    def completed(self) -> int:
+        return len(self.latencies_s)
+
+    @property
+    def rate(self) -> float:
+        """Requests per second."""
+        return self.completed / self.elapsed_s if self.elapsed_s else 0.0
+
+    @property
+    def item_rate(self) -> float:
+        """Images or texts per second."""
+        return self.rate * self.items_per_request
+
+    def percentile(self, q: float) -> float:
+        return percentile(self.latencies_s, q)
+
+    def summary(self) -> dict[str, object]:
+        return {
+            "concurrency": self.concurrency,
+            "elapsed_s": round(self.elapsed_s, 3),
+            "requests": self.completed,
+            "requests_per_s": round(self.rate, 2),
+            "items_per_s": round(self.item_rate, 2),
+            "p50_ms": round(self.percentile(50) * 1000, 2),
+            "p99_ms": round(self.percentile(99) * 1000, 2),
+            "statuses": {str(k): v for k, v in sorted(self.statuses.items())},
+            "failures": dict(self.failures),
+            "bad_bodies": self.bad_bodies,
+        }
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """The q-th percentile by the nearest-rank method; 0.0 for no values."""
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    rank = max(1, min(len(ordered), int(-(-q * len(ordered) // 100))))
+    return ordered[rank - 1]
+
+
+class Connection:
+    """One keep-alive HTTP/1.1 connection that reads responses with a Content-Length or chunked body."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host, self.port = host, port
+        self._reader: asyncio.StreamReader | None = None
+        self._writer: asyncio.StreamWriter | None = None
+
+    async def request(self, raw: bytes) -> Response:
+        if self._writer is None:
+            self._reader, self._writer = await asyncio.open_connection(self.host, self.port, limit=1 << 20)
+        assert self._reader is not None
+        self._writer.write(raw)
+        await self._writer.drain()
+        head = await self._reader.readuntil(_CRLF2)
+        status_line, *header_lines = head[:-4].decode("latin-1").split("\r\n")
+        status = int(status_line.split(" ", 2)[1])
+        headers = {}
+        for line in header_lines:
+            name, _, value = line.partition(":")
+            headers[name.strip().lower()] = value.strip()
+        if "content-length" in headers:
+            body = await self._reader.readexactly(int(headers["content-length"]))
+        elif headers.get("transfer-encoding", "").lower() == "chunked":
+            body = await self._read_chunked()
+        else:
+            body = await self._reader.read()
+            await self.close()
+        if headers.get("connection", "").lower() == "close":
+            await self.close()
+        return Response(status, headers, body)
+
+    async def _read_chunked(self) -> bytes:
+        assert self._reader is not None
+        parts: list[bytes] = []
+        while True:
+            size = int((await self._reader.readuntil(b"\r\n")).split(b";")[0], 16)
+            if size == 0:
+                await self._reader.readuntil(b"\r\n")
+                return b"".join(parts)
+            parts.append(await self._reader.readexactly(size + 2))
+            parts[-1] = parts[-1][:-2]
+
+    async def close(self) -> None:
+        writer, self._writer, self._reader = self._writer, None, None
+        if writer is not None:
+            writer.close()
+            try:
+                await writer.wait_closed()
+            except (ConnectionError, OSError):
+                pass
+
+
+async def run_load(
+    host: str,
+    port: int,
+    requests: Sequence[bytes],
+    *,
+    concurrency: int,
+    total: int | None = None,
+    duration_s: float | None = None,
+    warmup: int = 0,
+    timeout_s: float = 60.0,
+    items_per_request: float = 1.0,
+    check: Callable[[Response], bool] | None = None,
+    on_progress: Callable[[int], None] | None = None,
+) -> LoadReport:
+    """Send `requests` round-robin from `concurrency` workers until `total` have been sent or
+    `duration_s` has passed (at least one bound is required). The first `warmup` requests are
+    sent and not counted. A request that takes longer than `timeout_s` counts as a failure and
+    its connection is dropped. `check`, when given, validates each 200 body."""
+    if total is None and duration_s is None:
+        raise ValueError("a load run needs a request count, a duration, or both")
+    report = LoadReport(concurrency=concurrency, items_per_request=items_per_request)
+    cycle: Iterator[bytes] = itertools.cycle(requests)
+    budget = itertools.count()
+    if warmup:
+        await _warm(host, port, requests, concurrency, warmup, timeout_s)
+    started = time.perf_counter()
+    deadline = started + duration_s if duration_s is not None else float("inf")
+
+    async def worker() -> None:
+        conn = Connection(host, port)
+        try:
+            while time.perf_counter() < deadline:
+                n = next(budget)
+                if total is not None and n >= total:
+                    return
+                raw = next(cycle)
+                sent = time.perf_counter()
+                try:
+                    response = await asyncio.wait_for(conn.request(raw), timeout_s)
+                except TimeoutError:
+                    report.failures["timeout"] += 1
+                    await conn.close()
+                    continue
+                except (ConnectionError, OSError, asyncio.IncompleteReadError, ValueError) as exc:
+                    report.failures[type(exc).__name__] += 1
+                    await conn.close()
+                    continue
+                done = time.perf_counter()
+                if done > deadline:
+                    return  # finished after the window closed: not counted
+                report.latencies_s.append(done - sent)
+                report.statuses[response.status] += 1
+                if response.status == 200 and check is not None and not check(response):
+                    report.bad_bodies += 1
+                if on_progress is not None:
+                    on_progress(report.completed)
+        finally:
+            await conn.close()
+
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    report.elapsed_s = min(time.perf_counter(), deadline) - started
+    return report
+
+
+async def _warm(
+    host: str, port: int, requests: Sequence[bytes], concurrency: int, count: int, timeout_s: float
+) -> None:
+    await run_load(host, port, requests, concurrency=concurrency, total=count, timeout_s=timeout_s)
+
+
+def has_json_key(key: str) -> Callable[[Response], bool]:
+    """A `check` that the body is a JSON object holding `key`."""
+
+    def check(response: Response) -> bool:
+        try:
+            return key in orjson.loads(response.body)
+        except ValueError:
+            return False
+
+    return check
