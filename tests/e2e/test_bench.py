@@ -1,0 +1,109 @@
+"""The benchmark's own machinery: the load generator against a live server, and `make bench`
+end to end in its quick mode (which checks that it runs and reports, not its figures)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import subprocess
+import sys
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from clipgate.bench import loadgen, workload
+from clipgate.bench.loadgen import percentile
+
+
+def _port(url: str) -> int:
+    port = urlsplit(url).port
+    assert port is not None
+    return port
+
+
+def test_load_generator_counts_statuses_and_checks_bodies(live_server: str) -> None:
+    good = loadgen.json_request("/clip/embed_text", {"text": "a photo of a cat"})
+    bad = loadgen.json_request("/clip/embed_text", {"text": 42})
+    report = asyncio.run(
+        loadgen.run_load(
+            "127.0.0.1",
+            _port(live_server),
+            [good, bad],
+            concurrency=3,
+            total=12,
+            check=loadgen.has_json_key("embeddings"),
+        )
+    )
+    assert report.completed == 12
+    assert report.statuses == {200: 6, 422: 6}
+    assert report.bad_bodies == 0 and not report.failures
+    assert 0 < report.percentile(50) <= report.percentile(99)
+
+
+def test_load_generator_sends_multipart_the_server_reads(live_server: str) -> None:
+    raw = loadgen.multipart_request("/api/predict/file/p/e", "predict_file", "photo.jpg", workload.photo_jpeg(1))
+    report = asyncio.run(loadgen.run_load("127.0.0.1", _port(live_server), [raw], concurrency=2, total=4))
+    assert report.statuses == {200: 4}
+
+
+def test_load_generator_stops_at_its_deadline(live_server: str) -> None:
+    image = base64.b64encode(workload.photo_jpeg(2)).decode()
+    raw = loadgen.json_request("/clip/embed_image", {"image": {"type": "base64", "value": image}})
+    report = asyncio.run(loadgen.run_load("127.0.0.1", _port(live_server), [raw], concurrency=4, duration_s=0.5))
+    assert report.elapsed_s <= 0.5 and report.completed >= 1
+
+
+def test_a_dead_port_is_counted_as_failures_not_raised() -> None:
+    from clipgate.bench.servers import free_port
+
+    report = asyncio.run(
+        loadgen.run_load("127.0.0.1", free_port(), [b"GET / HTTP/1.1\r\n\r\n"], concurrency=2, total=4)
+    )
+    assert report.completed == 0 and sum(report.failures.values()) == 4
+
+
+def test_percentile_is_nearest_rank() -> None:
+    values = [float(v) for v in range(1, 101)]
+    assert percentile(values, 50) == 50.0
+    assert percentile(values, 99) == 99.0
+    assert percentile(values, 100) == 100.0
+    assert percentile([3.0], 99) == 3.0
+    assert percentile([], 50) == 0.0
+
+
+def test_make_bench_quick_runs_every_phase_and_writes_its_figures(
+    cache_dir: Path, tiny_dir: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "bench.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "clipgate.bench", "--quick", "--model", "random:tiny", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    figures = json.loads(out.read_text())
+    measures = [row["measure"] for row in figures["verdict"]]
+    assert len(measures) == 9, measures
+    assert "ratio" in done.stdout and "p50 ms, one image c1" in done.stdout
+    (one_round,) = figures["rounds"]
+    loads = {phase: summary for phase, summary in one_round.items() if isinstance(summary, dict)}
+    assert set(loads) == {
+        "image_c1",
+        "text_c1",
+        "image_json_c16",
+        "image_multipart_c16",
+        "naive_image_json_c16",
+        "reduced_image_json_c16",
+        "text_c16",
+        "naive_text_c16",
+    }
+    for phase, summary in loads.items():
+        assert set(summary["statuses"]) == {"200"}, (phase, summary)
+        assert summary["requests"] > 0 and not summary["failures"] and not summary["bad_bodies"], (phase, summary)
+    for bare in ("bare_image_b1_per_s", "bare_images_per_s", "bare_short_texts_per_s", "bare_reduced_images_per_s"):
+        assert one_round[bare] > 0
+    soak = figures["clipgate_soak"]
+    assert soak["load"]["statuses"] == {"200": 80}
+    assert soak["peak_rss_mib"] >= soak["rss_before_mib"] > 0
+    assert figures["bare"]["parity"]["reduced_decode_min_cosine"] > 0.9999
