@@ -1,0 +1,132 @@
+"""https through the pinned connection: TCP to the checked address, SNI and certificate for the name.
+
+A loopback TLS server with a throw-away self-signed certificate for images.example.test stands in
+for a public host; the fetcher is pointed at that certificate as its only trust anchor.
+"""
+
+from __future__ import annotations
+
+import shutil
+import ssl
+import subprocess
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from clipgate import urls
+from clipgate.errors import ImageError
+from clipgate.urls import UrlPolicy, fetch
+from tests.test_urls import JPEG, FakeDNS, Network, Server, install_network
+
+HOST = "images.example.test"
+POLICY = UrlPolicy(allow_private_addresses=True, timeout_s=5, max_bytes=len(JPEG) + 10)
+
+
+class TlsServer(Server):
+    def __init__(self, cert: Path, key: Path) -> None:
+        super().__init__()
+        self.server_names: list[str | None] = []
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(cert, key)
+        context.sni_callback = self._record_sni
+        self.socket = context.wrap_socket(self.socket, server_side=True)
+
+    def _record_sni(self, sock: Any, name: str | None, context: Any) -> None:
+        self.server_names.append(name)
+
+
+@pytest.fixture(scope="module")
+def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("needs the openssl command to make a test certificate")
+    folder = tmp_path_factory.mktemp("tls")
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    subprocess.run(
+        [
+            openssl,
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+            "-days",
+            "2",
+            "-subj",
+            f"/CN={HOST}",
+            "-addext",
+            f"subjectAltName=DNS:{HOST}",
+        ],  # fmt: skip
+        check=True,
+        capture_output=True,
+        timeout=30,
+    )
+    return cert, key
+
+
+@pytest.fixture(scope="module")
+def tls_server(certificate: tuple[Path, Path]) -> Iterator[TlsServer]:
+    server = TlsServer(*certificate)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture
+def network(monkeypatch: pytest.MonkeyPatch) -> Network:
+    return install_network(monkeypatch)
+
+
+@pytest.fixture
+def trust_test_certificate(certificate: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(urls, "_CA_BUNDLE", str(certificate[0]))
+
+
+DNS = {HOST: [["127.0.0.1"]], "other.example.test": [["127.0.0.1"]]}
+
+
+@pytest.mark.usefixtures("trust_test_certificate")
+def test_https_connects_to_the_checked_address_and_verifies_the_name(tls_server: TlsServer, network: Network) -> None:
+    dns = FakeDNS(DNS)
+    tls_server.hits.clear()
+    tls_server.server_names.clear()
+    assert fetch(f"https://{HOST}:{tls_server.port}/cat.jpg", POLICY, dns) == JPEG
+    assert dns.calls == [HOST] and network.lookups == []
+    assert network.connects == [("127.0.0.1", tls_server.port)]
+    assert tls_server.server_names == [HOST]  # SNI carries the name, not the address
+    assert tls_server.hits == [("/cat.jpg", f"{HOST}:{tls_server.port}")]
+
+
+@pytest.mark.usefixtures("trust_test_certificate")
+def test_https_refuses_a_certificate_for_another_name(tls_server: TlsServer, network: Network) -> None:
+    tls_server.hits.clear()
+    with pytest.raises(ImageError, match="certificate is not valid"):
+        fetch(f"https://other.example.test:{tls_server.port}/cat.jpg", POLICY, FakeDNS(DNS))
+    assert tls_server.hits == []
+
+
+def test_https_refuses_an_untrusted_certificate(tls_server: TlsServer, network: Network) -> None:
+    tls_server.hits.clear()
+    with pytest.raises(ImageError, match="certificate is not valid"):
+        fetch(f"https://{HOST}:{tls_server.port}/cat.jpg", POLICY, FakeDNS(DNS))
+    assert tls_server.hits == []
+
+
+@pytest.mark.usefixtures("trust_test_certificate")
+def test_a_redirect_from_https_to_http_is_refused(tls_server: TlsServer, network: Network) -> None:
+    tls_server.hits.clear()
+    location = f"http://{HOST}:{tls_server.port}/cat.jpg"
+    with pytest.raises(ImageError, match="Only https"):
+        fetch(f"https://{HOST}:{tls_server.port}/to?url={location}", POLICY, FakeDNS(DNS))
+    assert len(tls_server.hits) == 1
