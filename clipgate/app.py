@@ -109,4 +109,5 @@ def create_app(
         exception_handlers={404: _http_error},
     )
     app.add_middleware(PathNormalizer)
+    app.state.gateway = gateway
     return app

@@ -120,6 +120,18 @@ class Batcher:
             self._incoming[lane] -= count
             self._wakeup.set()
 
+    def pending(self, lane: str) -> int:
+        """Entries of `lane` queued or announced (being prepared), not yet in a running batch."""
+        return len(self._queues[lane]) + self._incoming[lane]
+
+    def estimated_wait_s(self, lane: str, entries: int) -> float | None:
+        """How long `entries` more of `lane` would take the model at the rate it has run so far;
+        None before it has run enough to tell."""
+        stats = self.stats[lane]
+        if stats.items < 8 or stats.busy_s <= 0:
+            return None
+        return entries * stats.busy_s / stats.items
+
     def run_on_model_thread(self, fn: Callable[[], Any]) -> asyncio.Future[Any]:
         """Run `fn` on the model thread, between batches (warm-up uses this)."""
         return asyncio.get_running_loop().run_in_executor(self._executor, fn)

@@ -38,14 +38,25 @@ class ServerConfig:
     max_images: int = 64
     max_texts: int = 1024
     max_text_chars: int = 16384
+    max_json_depth: int = 32
+    max_inflight_requests: int = 512
+    max_queued_images: int = 256
+    max_queued_texts: int = 8192
+    max_queue_wait_s: float = 10.0
+    request_timeout_s: float = 60.0
+    drain_grace_s: float = 0.0
 
     def __post_init__(self) -> None:
         _require(0 <= self.port <= 65535, "server.port", "must be 0-65535", self.port)
         _require(
             self.log_level in LOG_LEVELS, "server.log_level", f"must be one of {', '.join(LOG_LEVELS)}", self.log_level
         )
-        for key in ("max_body_bytes", "max_images", "max_texts", "max_text_chars"):
+        ints = ("max_body_bytes", "max_images", "max_texts", "max_text_chars", "max_json_depth")
+        for key in (*ints, "max_inflight_requests", "max_queued_images", "max_queued_texts"):
             _require(getattr(self, key) >= 1, f"server.{key}", "must be at least 1", getattr(self, key))
+        for key in ("max_queue_wait_s", "request_timeout_s"):
+            _require(getattr(self, key) > 0, f"server.{key}", "must be positive", getattr(self, key))
+        _require(self.drain_grace_s >= 0, "server.drain_grace_s", "must not be negative", self.drain_grace_s)
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,8 @@ ClipgateError
  ├─ PayloadTooLarge       413  body, image or item count over the limits
  ├─ UnsupportedMediaType  415  the body is not in a format the route reads
  ├─ HeaderTooLarge        431  a request id header over 100 characters
- ├─ Overloaded            503  queue full; carries Retry-After
+ ├─ Overloaded            503  queue full; carries Retry-After (Azure routes: 429)
+ │   └─ DeadlineExceeded  503  not answered within server.request_timeout_s
  ├─ NotReady              503  the model is not loaded and warmed yet
  └─ InternalError         500  anything unexpected: generic message, traceback to the log
 """
@@ -91,6 +92,12 @@ class Overloaded(ClipgateError):
 
     def __init__(self, message: str | None = None, *, retry_after: int | None = 1) -> None:
         super().__init__(message, retry_after=retry_after)
+
+
+class DeadlineExceeded(Overloaded):
+    """The request was not answered within the server's deadline; its queued work is dropped."""
+
+    message = "The request did not finish in time; retry later."
 
 
 class NotReady(ClipgateError):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hmac
 import logging
 import random
@@ -16,14 +18,16 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from clipgate.adapter import Adapter, Body, Operation, Reply, ServerState
-from clipgate.canonical import RequestMeta
+from clipgate.canonical import EmbedRequest, EmbedResult, RequestMeta
 from clipgate.config import Config
 from clipgate.errors import (
     ClipgateError,
+    DeadlineExceeded,
     HeaderTooLarge,
     InternalError,
     MethodNotAllowed,
     NotReady,
+    Overloaded,
     PayloadTooLarge,
     SchemaError,
     Unauthorized,
@@ -47,12 +51,20 @@ class Gateway(ServerState):
         self.config = config
         self.service: EmbeddingService | None = None
         self._ready = False
+        self.draining = False  # SIGTERM: probes say not ready while requests in flight finish
+        self.inflight = 0  # embedding requests being read, decoded or waiting
         self._version = version
         self._instance_id = uuid.uuid4().hex
 
     @property
-    def ready(self) -> bool:
+    def loaded(self) -> bool:
+        """The model is loaded and warm: embedding requests are served."""
         return self._ready and self.service is not None
+
+    @property
+    def ready(self) -> bool:
+        """What readiness probes report: loaded, and not draining for shutdown."""
+        return self.loaded and not self.draining
 
     def set_ready(self, ready: bool) -> None:
         self._ready = ready
@@ -72,7 +84,7 @@ class Gateway(ServerState):
 
 def make_endpoint(adapter: Adapter, op: Operation, gateway: Gateway) -> Endpoint:
     keys = tuple(k.encode() for k in gateway.config.auth.keys_for(adapter.name))
-    max_body = gateway.config.server.max_body_bytes
+    limits = gateway.config.server
     allowed = set(op.methods) | ({"HEAD"} if "GET" in op.methods else set())
 
     async def endpoint(request: Request) -> Response:
@@ -91,15 +103,21 @@ def make_endpoint(adapter: Adapter, op: Operation, gateway: Gateway) -> Endpoint
                 if early is not None or not adapter.body_credential:
                     _authorize(early, keys)
                     checked = True
-            body = await _read_body(request, op, adapter, meta, max_body)
-            if not checked:
-                _authorize(adapter.credential(body, meta), keys)
-            service = gateway.service
-            if not gateway.ready or service is None:
-                raise NotReady()
-            assert op.parse is not None and op.render is not None
-            canonical = op.parse(body, meta)
-            result = await service.embed(canonical)
+            if gateway.inflight >= limits.max_inflight_requests:
+                raise Overloaded(f"The server is handling {gateway.inflight} requests, its limit; retry later.")
+            gateway.inflight += 1
+            try:
+                async with asyncio.timeout(limits.request_timeout_s):
+                    result, canonical = await _embed(request, op, adapter, meta, gateway, keys, checked)
+            except TimeoutError as exc:
+                raise DeadlineExceeded(
+                    f"The request was not answered within {limits.request_timeout_s:g} s; retry later."
+                ) from exc
+            finally:
+                gateway.inflight -= 1
+            if result is None:  # the client went away; nobody reads this
+                return Response(status_code=499)
+            assert op.render is not None
             return _response(Reply(200, op.render(result, canonical)), extra)
         except ClipgateError as err:
             if err.status >= 500:
@@ -111,6 +129,48 @@ def make_endpoint(adapter: Adapter, op: Operation, gateway: Gateway) -> Endpoint
             return _response(adapter.render_error(internal), extra, internal)
 
     return endpoint
+
+
+async def _embed(
+    request: Request,
+    op: Operation,
+    adapter: Adapter,
+    meta: RequestMeta,
+    gateway: Gateway,
+    keys: tuple[bytes, ...],
+    checked: bool,
+) -> tuple[EmbedResult | None, EmbedRequest]:
+    """Read, authorize, parse and embed one request. None for a client that went away: its
+    queued work is dropped when the embedding task is cancelled."""
+    limits = gateway.config.server
+    body = await _read_body(request, op, adapter, meta, limits.max_body_bytes, limits.max_json_depth)
+    if not checked:
+        _authorize(adapter.credential(body, meta), keys)
+    service = gateway.service
+    if not gateway.loaded or service is None:
+        raise NotReady()
+    assert op.parse is not None
+    canonical = op.parse(body, meta)
+    embedding = asyncio.ensure_future(service.embed(canonical))
+    gone = asyncio.ensure_future(_disconnected(request.receive))
+    try:
+        await asyncio.wait((embedding, gone), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        gone.cancel()
+        if not embedding.done():
+            embedding.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await embedding
+    if embedding.cancelled():
+        log.info("%s %s: the client went away; its work was dropped", meta.method, meta.path)
+        return None, canonical
+    return embedding.result(), canonical
+
+
+async def _disconnected(receive: Receive) -> None:
+    """Returns when the client disconnects. Call only after the body has been read."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
 
 
 def new_request_id() -> str:
@@ -147,7 +207,9 @@ def _authorize(credential: str | None, keys: Sequence[bytes]) -> None:
         raise Unauthorized("The credential is not valid.")
 
 
-async def _read_body(request: Request, op: Operation, adapter: Adapter, meta: RequestMeta, limit: int) -> Body:
+async def _read_body(
+    request: Request, op: Operation, adapter: Adapter, meta: RequestMeta, limit: int, max_depth: int
+) -> Body:
     if op.body == "none":
         return None
     declared = meta.headers.get("content-length")
@@ -168,9 +230,27 @@ async def _read_body(request: Request, op: Operation, adapter: Adapter, meta: Re
     if not raw.strip():
         raise SchemaError("The request body is empty; a JSON object is expected.", kind="empty_body")
     try:
-        return orjson.loads(raw)
+        body = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         raise SchemaError(f"The request body is not valid JSON: {exc}", kind="json_invalid") from exc
+    if _depth_exceeds(body, max_depth):
+        raise SchemaError(f"The request body nests JSON deeper than {max_depth} levels.", kind="json_invalid")
+    return body
+
+
+def _depth_exceeds(value: object, limit: int) -> bool:
+    """Whether JSON `value` nests containers more than `limit` deep (iterative: no recursion limit;
+    stops at the first path past the limit). orjson itself refuses past 1,024 levels."""
+    stack: list[tuple[object, int]] = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        children = node.values() if isinstance(node, dict) else node if isinstance(node, list) else None
+        if children is None:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
+    return False
 
 
 def _is_json_type(content_type: str) -> bool:

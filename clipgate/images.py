@@ -83,14 +83,14 @@ def decode_image(data: bytes, limits: ImageLimits, *, reduce_to: int | None = No
         raise PayloadTooLarge(f"The image is {len(data)} bytes; the limit is {limits.max_bytes}.")
     try:
         with warnings.catch_warnings():
-            # Pillow warns past MAX_IMAGE_PIXELS (we decide the limit ourselves below, from the
-            # header, before any pixel is decoded) and about corrupt EXIF (the image still decodes).
+            # Corrupt EXIF only warns (the image still decodes); a decompression bomb is an error.
             warnings.simplefilter("ignore")
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(data), formats=list(limits.formats))
     except UnidentifiedImageError as exc:
         raise ImageError("Data is not an image in a supported format (" + ", ".join(limits.formats) + ").") from exc
-    except Image.DecompressionBombError as exc:
-        raise PayloadTooLarge(f"The image has too many pixels; the limit is {_pixel_limit(limits)}.") from exc
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise _too_many_pixels(exc, limits) from exc
     except (OSError, ValueError, SyntaxError) as exc:
         raise ImageError("The image header is corrupt.") from exc
     width, height = image.size
@@ -106,19 +106,33 @@ def decode_image(data: bytes, limits: ImageLimits, *, reduce_to: int | None = No
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
             image.load()
             ImageOps.exif_transpose(image, in_place=True)  # a copy costs a full-size image, for nothing
             return _to_rgb(image)
-    except Image.DecompressionBombError as exc:
-        raise PayloadTooLarge(f"The image has too many pixels; the limit is {_pixel_limit(limits)}.") from exc
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise _too_many_pixels(exc, limits) from exc
     except (OSError, ValueError, SyntaxError, EOFError) as exc:
         raise ImageError("The image data is truncated or corrupt.") from exc
 
 
+def _too_many_pixels(exc: Exception, limits: ImageLimits) -> PayloadTooLarge:
+    found = re.search(r"\((\d+) pixels\)", str(exc))  # Pillow: "Image size (N pixels) exceeds limit of ..."
+    size = f" is {found.group(1)} pixels;" if found else " has too many pixels;"
+    return PayloadTooLarge(f"The image{size} the limit is {_pixel_limit(limits)}.")
+
+
 def _pixel_limit(limits: ImageLimits) -> int:
-    """Ours, or Pillow's own if that is lower: it refuses images over twice MAX_IMAGE_PIXELS."""
+    """Ours, or Pillow's own if that is lower (its bomb warning is an error here)."""
     pillow = Image.MAX_IMAGE_PIXELS
-    return min(limits.max_pixels, 2 * pillow) if pillow else limits.max_pixels
+    return min(limits.max_pixels, pillow) if pillow else limits.max_pixels
+
+
+def limit_pillow(max_pixels: int) -> None:
+    """Lower Pillow's process-wide decompression-bomb threshold (89 MP by default) to ours, so
+    any image Pillow opens anywhere in the server is held to it, not only those we check."""
+    if not Image.MAX_IMAGE_PIXELS or Image.MAX_IMAGE_PIXELS > max_pixels:
+        Image.MAX_IMAGE_PIXELS = max_pixels
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:

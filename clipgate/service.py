@@ -13,9 +13,9 @@ from clipgate.batcher import Batcher, Lane
 from clipgate.canonical import EmbedRequest, EmbedResult, ImageInput, ModelCard, TextInput
 from clipgate.config import Config
 from clipgate.engine import Engine
-from clipgate.errors import ImageError, InvalidRequest, PayloadTooLarge, UnknownModel
+from clipgate.errors import ImageError, InvalidRequest, Overloaded, PayloadTooLarge, UnknownModel
 from clipgate.gate import ComputeGate
-from clipgate.images import ImageLimits, Pixels, decode_base64, decode_image
+from clipgate.images import ImageLimits, Pixels, decode_base64, decode_image, limit_pillow
 
 # A JPEG is decoded at reduced size only while its shortest side stays this many times the model's
 # input side: the resize that follows then sees nearly the same pixels (measured: embedding cosine
@@ -31,6 +31,7 @@ class EmbeddingService:
         self.config = config
         images = config.images
         self._limits = ImageLimits(max_bytes=images.max_bytes, max_pixels=images.max_pixels, formats=images.formats)
+        limit_pillow(images.max_pixels)
         self._url_policy = urls.UrlPolicy(
             allow_http=images.allow_http_url,
             allow_ip_hosts=images.allow_ip_hosts,
@@ -82,6 +83,8 @@ class EmbeddingService:
         texts = [(i, item.text) for i, item in enumerate(items) if isinstance(item, TextInput)]
         images = [(i, item) for i, item in enumerate(items) if isinstance(item, ImageInput)]
         self._check_sizes(texts, images)
+        self._admit("text", len(texts), self.config.server.max_queued_texts)
+        self._admit("image", len(images), self.config.server.max_queued_images)
         loop = asyncio.get_running_loop()
         pool = self._decode_pool
         fetched = [  # only a URL is fetched in the pool; bytes and base64 text are at hand
@@ -103,6 +106,25 @@ class EmbeddingService:
         for index, row in zip([i for i, _ in texts] + [i for i, _ in images], rows, strict=True):
             vectors[index] = row
         return EmbedResult(vectors=vectors, elapsed_s=time.perf_counter() - started)
+
+    def _admit(self, lane: str, count: int, limit: int) -> None:
+        """Refuse work the queue has no room or time for, before any of it is decoded. A request
+        is always admitted to an empty queue: one bigger than the queue still runs, alone."""
+        if not count:
+            return
+        pending = self.batcher.pending(lane)
+        wait = self.batcher.estimated_wait_s(lane, pending + count)
+        retry = max(1, min(60, math.ceil(wait))) if wait is not None else 1
+        if pending and pending + count > limit:
+            raise Overloaded(
+                f"The server has {pending} {lane}s waiting, its limit is {limit}; retry later.", retry_after=retry
+            )
+        max_wait = self.config.server.max_queue_wait_s
+        if pending and wait is not None and wait > max_wait:
+            raise Overloaded(
+                f"The {lane}s waiting would take about {wait:.0f} s, over the {max_wait:g} s limit; retry later.",
+                retry_after=retry,
+            )
 
     def _check_sizes(self, texts: list[tuple[int, str]], images: list[tuple[int, ImageInput]]) -> None:
         """The cheap limits, before any decoding or tokenizing."""

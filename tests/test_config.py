@@ -59,6 +59,11 @@ def test_environment_overrides_with_types() -> None:
         pytest.param("[model]\ndtype = 'int8'\n", {}, "model.dtype", id="dtype"),
         pytest.param("[images]\nformats = []\n", {}, "images.formats", id="no-formats"),
         pytest.param("[images]\ndecode_threads = 0\n", {}, "images.decode_threads", id="no-decode-threads"),
+        pytest.param("[server]\nmax_queued_images = 0\n", {}, "server.max_queued_images", id="no-image-queue"),
+        pytest.param("", {"CLIPGATE_SERVER_REQUEST_TIMEOUT_S": "0"}, "must be positive", id="no-deadline"),
+        pytest.param("[server]\ndrain_grace_s = -1\n", {}, "server.drain_grace_s", id="negative-grace"),
+        pytest.param("[server]\nmax_json_depth = 0\n", {}, "server.max_json_depth", id="no-json-depth"),
+        pytest.param("[batching]\nmax_wait_incoming_ms = -5\n", {}, "max_wait_incoming_ms", id="negative-incoming"),
     ],
 )
 def test_mistakes_are_reported(tmp_path: Path, toml: str, env: dict[str, str], message: str) -> None:

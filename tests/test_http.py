@@ -462,3 +462,18 @@ def test_base64_over_the_image_byte_limit_is_413_before_decoding(engine: ClipEng
     with TestClient(create_app(make_config(images={"max_bytes": 1000}), engine=engine)) as client:
         response = client.post("/clip/embed_image", json={"image": {"type": "base64", "value": "A" * 8000}})
     assert response.status_code == 413
+
+
+def test_json_nested_past_the_limit_is_refused_in_each_vendors_shape(engine: ClipEngine) -> None:
+    deep: Any = "a photo of a cat"
+    for _ in range(40):
+        deep = {"x": deep}
+    with TestClient(create_app(make_config(server={"max_json_depth": 32}), engine=engine)) as client:
+        roboflow = client.post("/clip/embed_text", json={"text": "x", "extra": deep})
+        assert roboflow.status_code == 422 and "deeper than 32" in str(roboflow.json())
+        azure = client.post("/score", json={"input_data": deep})
+        assert azure.status_code == 400 and "deeper than 32" in azure.json()["message"]
+        samba = client.post("/api/predict/nlp/p/e", json={"inputs": ["x"], "params": deep})
+        assert samba.status_code == 400 and set(samba.json()) == {"error", "status_code"}
+        shallow = {"text": "x", "extra": {"a": {"b": {"c": 1}}}}
+        assert client.post("/clip/embed_text", json=shallow).status_code == 200

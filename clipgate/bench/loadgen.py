@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import orjson
 
 _CRLF2 = b"\r\n\r\n"
+IDLE_REUSE_S = 2.0  # reuse a keep-alive connection only if it was used this recently
 
 
 def encode_request(
@@ -123,6 +124,7 @@ class Connection:
         self.host, self.port = host, port
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
+        self.last_used = time.monotonic()
 
     async def request(self, raw: bytes) -> Response:
         if self._writer is None:
@@ -146,6 +148,7 @@ class Connection:
             await self.close()
         if headers.get("connection", "").lower() == "close":
             await self.close()
+        self.last_used = time.monotonic()
         return Response(status, headers, body)
 
     async def _read_chunked(self) -> bytes:
@@ -158,6 +161,10 @@ class Connection:
                 return b"".join(parts)
             parts.append(await self._reader.readexactly(size + 2))
             parts[-1] = parts[-1][:-2]
+
+    @property
+    def is_open(self) -> bool:
+        return self._writer is not None
 
     async def close(self) -> None:
         writer, self._writer, self._reader = self._writer, None, None
@@ -249,3 +256,109 @@ def has_json_key(key: str) -> Callable[[Response], bool]:
             return False
 
     return check
+
+
+@dataclass
+class OpenLoopReport:
+    """An open-loop run: arrivals on a fixed schedule whatever the server does, so overload
+    shows as it would with real traffic. Statuses are counted per request label."""
+
+    rate: float
+    sent: int = 0
+    elapsed_s: float = 0.0
+    latencies_s: list[float] = field(default_factory=list)
+    statuses: dict[str, collections.Counter[int]] = field(default_factory=dict)
+    failures: collections.Counter[str] = field(default_factory=collections.Counter)
+    saturated: int = 0  # arrivals dropped by the client: every connection was busy
+
+    def summary(self) -> dict[str, object]:
+        return {
+            "rate_per_s": round(self.rate, 2),
+            "sent": self.sent,
+            "elapsed_s": round(self.elapsed_s, 2),
+            "p50_ms": round(percentile(self.latencies_s, 50) * 1000, 2),
+            "p99_ms": round(percentile(self.latencies_s, 99) * 1000, 2),
+            "max_ms": round(max(self.latencies_s, default=0.0) * 1000, 2),
+            "statuses": {label: {str(k): v for k, v in sorted(c.items())} for label, c in self.statuses.items()},
+            "failures": dict(self.failures),
+            "client_saturated": self.saturated,
+        }
+
+
+async def run_open_loop(
+    host: str,
+    port: int,
+    requests: Sequence[tuple[str, bytes]],
+    *,
+    rate: float,
+    duration_s: float,
+    max_connections: int = 128,
+    timeout_s: float = 90.0,
+    on_tick: Callable[[float], None] | None = None,
+) -> OpenLoopReport:
+    """Start one of `requests` (label, raw) every 1/`rate` seconds for `duration_s`, each on an
+    idle keep-alive connection or a new one, up to `max_connections` at once. Waits for the
+    stragglers (each bounded by `timeout_s`) before returning. `on_tick(elapsed)` is called
+    about once a second."""
+    report = OpenLoopReport(rate=rate)
+    idle: list[Connection] = []
+    busy = 0
+    tasks: set[asyncio.Task[None]] = set()
+    cycle = itertools.cycle(requests)
+
+    async def connection() -> Connection:
+        """An idle connection, unless it has idled long enough for the server to have closed it
+        (uvicorn's keep-alive timeout is 5 s): reusing that one would race its close."""
+        while idle:
+            conn = idle.pop()
+            if time.monotonic() - conn.last_used < IDLE_REUSE_S:
+                return conn
+            await conn.close()
+        return Connection(host, port)
+
+    async def one(label: str, raw: bytes) -> None:
+        nonlocal busy
+        conn = await connection()
+        sent = time.perf_counter()
+        try:
+            response = await asyncio.wait_for(conn.request(raw), timeout_s)
+        except TimeoutError:
+            report.failures["timeout"] += 1
+            await conn.close()
+        except (ConnectionError, OSError, asyncio.IncompleteReadError, ValueError) as exc:
+            report.failures[type(exc).__name__] += 1
+            await conn.close()
+        else:
+            report.latencies_s.append(time.perf_counter() - sent)
+            report.statuses.setdefault(label, collections.Counter())[response.status] += 1
+            if conn.is_open:
+                idle.append(conn)
+        finally:
+            busy -= 1
+
+    started = time.perf_counter()
+    next_tick = 1.0
+    n = 0
+    while (elapsed := time.perf_counter() - started) < duration_s:
+        if on_tick is not None and elapsed >= next_tick:
+            on_tick(elapsed)
+            next_tick += 1.0
+        due = started + n / rate
+        if due > time.perf_counter():
+            await asyncio.sleep(due - time.perf_counter())
+        n += 1
+        label, raw = next(cycle)
+        if busy >= max_connections:
+            report.saturated += 1
+            continue
+        busy += 1
+        report.sent += 1
+        task = asyncio.create_task(one(label, raw))
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+    if tasks:
+        await asyncio.gather(*tasks)
+    for conn in idle:
+        await conn.close()
+    report.elapsed_s = time.perf_counter() - started
+    return report

@@ -107,3 +107,36 @@ def test_make_bench_quick_runs_every_phase_and_writes_its_figures(
     assert soak["load"]["statuses"] == {"200": 80}
     assert soak["peak_rss_mib"] >= soak["rss_before_mib"] > 0
     assert figures["bare"]["parity"]["reduced_decode_min_cosine"] > 0.9999
+
+
+def test_make_soak_short_run_passes_and_reports(cache_dir: Path, tiny_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "soak.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "clipgate.bench.soak", "--model", "random:tiny", "--duration", "6"]
+        + ["--capacity-s", "2", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    figures = json.loads(out.read_text())
+    assert figures["problems"] == []
+    statuses = figures["load"]["statuses"]
+    assert set(statuses) >= {"text", "image", "hostile"}
+    assert all(int(code) < 500 or int(code) == 503 for label in statuses.values() for code in label)
+    assert {int(code) for code in statuses["hostile"]} - {503, 429} <= {400, 404, 413, 422}
+    assert figures["after"] == {"valid": 200, "readiness": 200}
+    assert "PASS" in done.stdout
+
+
+def test_the_soak_judge_fails_what_it_should() -> None:
+    from clipgate.bench.soak import judge
+
+    ok = {"statuses": {"text": {"200": 5, "503": 2}, "hostile": {"400": 1}}, "failures": {}}
+    assert judge(ok, 10, 256, {"valid": 200, "readiness": 200}) == []
+    bad = {
+        "statuses": {"text": {"500": 1, "422": 1}, "hostile": {"200": 1}},
+        "failures": {"timeout": 1},
+    }
+    problems = judge(bad, 300, 256, {"valid": 503, "readiness": 503})
+    assert len(problems) == 7, problems
