@@ -36,6 +36,8 @@ KNOWN_ALIASES = {
     "random:base": "ViT-B-32",
 }
 
+TOKENIZE_CHUNK = 64
+
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
@@ -193,14 +195,20 @@ class ClipEngine:
         return cls(model, tokenizer, transform, card, pad_id=pad_id, truncate=cfg.truncate_text)
 
     def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
+        """Token ids per text. In chunks, so a request whose first text is too long is refused
+        without tokenizing the other thousand."""
         limit = self.card.max_text_tokens
-        ids = [encoding.ids for encoding in self.tokenizer.encode_batch(list(texts))]
-        for i, row in enumerate(ids):
-            if len(row) > limit:
-                raise InvalidRequest(
-                    f"Text at index {i} is {len(row)} tokens long; the model accepts at most {limit} "
-                    "(the server can be configured to truncate: model.truncate_text = true)."
-                )
+        ids: list[list[int]] = []
+        for start in range(0, len(texts), TOKENIZE_CHUNK):
+            ids += [
+                encoding.ids for encoding in self.tokenizer.encode_batch(list(texts[start : start + TOKENIZE_CHUNK]))
+            ]
+            for i in range(start, len(ids)):
+                if len(ids[i]) > limit:
+                    raise InvalidRequest(
+                        f"Text at index {i} is {len(ids[i])} tokens long; the model accepts at most {limit} "
+                        "(the server can be configured to truncate: model.truncate_text = true)."
+                    )
         return ids
 
     def preprocess(self, image: Image.Image) -> Pixels:

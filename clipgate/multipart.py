@@ -8,11 +8,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from python_multipart.exceptions import MultipartParseError
+from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
 from clipgate.canonical import FormPart
 from clipgate.errors import InvalidRequest, PayloadTooLarge
+
+MAX_BOUNDARY = 70  # RFC 2046; python-multipart itself stops at 256 with an exception of its own
 
 
 @dataclass
@@ -28,7 +30,10 @@ def parse_form(body: bytes, content_type_header: str, *, max_parts: int) -> list
     boundary = options.get(b"boundary")
     if media_type != b"multipart/form-data" or not boundary:
         raise InvalidRequest("Expected a multipart/form-data body with a boundary.")
+    if len(boundary) > MAX_BOUNDARY:
+        raise InvalidRequest(f"The multipart boundary is longer than {MAX_BOUNDARY} characters (RFC 2046).")
     parts: list[_Part] = []
+    ended: list[bool] = []
     header_name: list[bytes] = []
     header_value: list[bytes] = []
 
@@ -52,18 +57,21 @@ def parse_form(body: bytes, content_type_header: str, *, max_parts: int) -> list
         header_value.clear()
 
     callbacks = {
+        "on_end": lambda: ended.append(True),
         "on_part_begin": on_part_begin,
         "on_part_data": on_part_data,
         "on_header_field": on_header_field,
         "on_header_value": on_header_value,
         "on_header_end": on_header_end,
     }
-    parser = MultipartParser(boundary, callbacks)  # type: ignore[arg-type]
     try:
+        parser = MultipartParser(boundary, callbacks)  # type: ignore[arg-type]
         parser.write(body)
         parser.finalize()
-    except MultipartParseError as exc:
+    except FormParserError as exc:  # MultipartParseError and the parser's other refusals
         raise InvalidRequest(f"The multipart body cannot be parsed: {exc}") from exc
+    if not ended:  # a truncated upload can look complete up to its last part
+        raise InvalidRequest("The multipart body ends before its closing boundary.")
     return [_form_part(part) for part in parts]
 
 
