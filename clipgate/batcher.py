@@ -46,6 +46,10 @@ class Lane:
 GROUPING_WINDOW_BATCHES = 8
 
 
+def _ewma(old: float | None, new: float, weight: float = 0.2) -> float:
+    return new if old is None else (1 - weight) * old + weight * new
+
+
 @dataclass(slots=True)
 class LaneStats:
     """What a lane has run: batches, items, and seconds the model spent on them."""
@@ -53,6 +57,19 @@ class LaneStats:
     batches: int = 0
     items: int = 0
     busy_s: float = 0.0
+    # Recent seconds per item: over batches at least half full (what a long queue runs at), and
+    # over all batches (until there are such). Moving averages, so old traffic is forgotten.
+    per_item_loaded_s: float | None = None
+    per_item_s: float | None = None
+
+    def record(self, size: int, seconds: float, max_batch: int) -> None:
+        self.batches += 1
+        self.items += size
+        self.busy_s += seconds
+        per_item = seconds / size
+        self.per_item_s = _ewma(self.per_item_s, per_item)
+        if 2 * size >= max_batch:
+            self.per_item_loaded_s = _ewma(self.per_item_loaded_s, per_item)
 
     def __str__(self) -> str:
         mean = self.items / self.batches if self.batches else 0.0
@@ -125,12 +142,13 @@ class Batcher:
         return len(self._queues[lane]) + self._incoming[lane]
 
     def estimated_wait_s(self, lane: str, entries: int) -> float | None:
-        """How long `entries` more of `lane` would take the model at the rate it has run so far;
+        """How long `entries` more of `lane` would take the model at its recent rate under load;
         None before it has run enough to tell."""
         stats = self.stats[lane]
-        if stats.items < 8 or stats.busy_s <= 0:
+        per_item = stats.per_item_loaded_s if stats.per_item_loaded_s is not None else stats.per_item_s
+        if stats.items < 8 or per_item is None:
             return None
-        return entries * stats.busy_s / stats.items
+        return entries * per_item
 
     def run_on_model_thread(self, fn: Callable[[], Any]) -> asyncio.Future[Any]:
         """Run `fn` on the model thread, between batches (warm-up uses this)."""
@@ -167,7 +185,7 @@ class Batcher:
         `max_incoming_wait` after the oldest entry). A model that has been idle longer than
         `max_wait` starts at once: a lone caller does not wait for company that is not coming."""
         queue, limit = self._queues[lane], self._lanes[lane].max_batch
-        while len(queue) < limit:
+        while len(queue) < limit and not self._another_lane_is_full(lane):
             deadline = self._free_since + self._max_wait_s
             if self._incoming[lane]:
                 deadline = max(deadline, queue[0].enqueued + self._max_incoming_wait_s)
@@ -181,6 +199,10 @@ class Batcher:
                 return
             if not queue:
                 return
+
+    def _another_lane_is_full(self, lane: str) -> bool:
+        """A full batch elsewhere is not kept waiting for this lane to fill."""
+        return any(len(q) >= self._lanes[name].max_batch for name, q in self._queues.items() if name != lane)
 
     def _take(self, lane: str) -> list[_Entry]:
         queue, spec = self._queues[lane], self._lanes[lane]
@@ -218,9 +240,7 @@ class Batcher:
                 rows = await loop.run_in_executor(self._executor, run, payloads)
             finally:
                 self._free_since = time.monotonic()
-                stats.batches += 1
-                stats.items += len(batch)
-                stats.busy_s += time.perf_counter() - started
+                stats.record(len(batch), time.perf_counter() - started, self._lanes[lane].max_batch)
             if len(rows) != len(batch):
                 raise RuntimeError(f"{lane} batch of {len(batch)} returned {len(rows)} rows")
         except asyncio.CancelledError:  # stop() while this batch ran: its callers still get an answer

@@ -6,7 +6,6 @@ import argparse
 import logging
 import os
 import re
-import signal
 import sys
 import threading
 from collections.abc import Sequence
@@ -84,24 +83,31 @@ def serve(config: Config) -> int:
         """On SIGTERM or SIGINT: readiness probes answer 503 at once, requests are still served
         for `grace_s` (so a load balancer sees the probe before connections are refused), then
         uvicorn stops accepting, finishes the requests in flight and exits. A second signal
-        skips the grace."""
+        ends the grace; a third stops at once. uvicorn's own handler records the signal to
+        re-raise it after shutdown (killing the process, status 143); this one does not, so a
+        drained stop exits 0."""
 
         def __init__(self, gateway: Any, grace_s: float, config: uvicorn.Config) -> None:
             super().__init__(config)
             self.gateway, self.grace_s = gateway, grace_s
 
         def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-            first = not self.gateway.draining
-            self.gateway.draining = True
-            if first and self.grace_s > 0:
-                logging.getLogger("clipgate").info(
-                    "signal %d: not ready; serving %.1f s more before draining", sig, self.grace_s
-                )
-                timer = threading.Timer(self.grace_s, super().handle_exit, (sig, frame))
-                timer.daemon = True
-                timer.start()
-                return
-            super().handle_exit(sig, frame)
+            if not self.gateway.draining:
+                self.gateway.draining = True
+                if self.grace_s > 0:
+                    logging.getLogger("clipgate").info(
+                        "signal %d: not ready; serving %.1f s more before draining", sig, self.grace_s
+                    )
+                    timer = threading.Timer(self.grace_s, self._drain)
+                    timer.daemon = True
+                    timer.start()
+                    return
+            elif self.should_exit:
+                self.force_exit = True
+            self._drain()
+
+        def _drain(self) -> None:
+            self.should_exit = True
 
     from clipgate.app import create_app
     from clipgate.engine import ModelLoadError, pick_device, resolve_checkpoint
@@ -139,11 +145,6 @@ def serve(config: Config) -> int:
         ),
     )
     logging.getLogger("uvicorn.access").addFilter(RedactSecrets())  # after uvicorn set up its loggers
-    # uvicorn re-raises the stop signal after its graceful shutdown, to the handler it found
-    # installed; with the defaults that kills the process (SIGTERM: status 143). A drained,
-    # orderly stop exits 0, so the handlers it finds do nothing.
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda signum, frame: None)
     server.run()
     if fatal:
         print(f"clipgate: {fatal[0]}", file=sys.stderr)

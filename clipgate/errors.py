@@ -7,6 +7,7 @@ ClipgateError
  ├─ Unauthorized          401  credential missing or wrong
  ├─ UnknownModel          404  the request names a model that is not served
  ├─ MethodNotAllowed      405  the route exists, the method does not; carries Allow
+ ├─ RequestTimeout        408  the request body did not arrive within server.request_timeout_s
  ├─ PayloadTooLarge       413  body, image or item count over the limits
  ├─ UnsupportedMediaType  415  the body is not in a format the route reads
  ├─ HeaderTooLarge        431  a request id header over 100 characters
@@ -69,6 +70,11 @@ class UnknownModel(ClipgateError):
 class MethodNotAllowed(ClipgateError):
     status = 405
     message = "Method not allowed."
+
+
+class RequestTimeout(ClipgateError):
+    status = 408
+    message = "The request body did not arrive in time."
 
 
 class PayloadTooLarge(ClipgateError):

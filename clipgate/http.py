@@ -9,11 +9,11 @@ import logging
 import random
 import re
 import uuid
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import orjson
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -29,6 +29,7 @@ from clipgate.errors import (
     NotReady,
     Overloaded,
     PayloadTooLarge,
+    RequestTimeout,
     SchemaError,
     Unauthorized,
     UnsupportedMediaType,
@@ -106,13 +107,21 @@ def make_endpoint(adapter: Adapter, op: Operation, gateway: Gateway) -> Endpoint
             if gateway.inflight >= limits.max_inflight_requests:
                 raise Overloaded(f"The server is handling {gateway.inflight} requests, its limit; retry later.")
             gateway.inflight += 1
+            phase = ["reading"]  # which part of the request the deadline caught
             try:
                 async with asyncio.timeout(limits.request_timeout_s):
-                    result, canonical = await _embed(request, op, adapter, meta, gateway, keys, checked)
+                    result, canonical = await _embed(request, op, adapter, meta, gateway, keys, checked, phase)
             except TimeoutError as exc:
+                if phase[0] == "reading":  # the client's upload, not the server, is too slow
+                    raise RequestTimeout(
+                        f"The request body did not arrive within {limits.request_timeout_s:g} s."
+                    ) from exc
                 raise DeadlineExceeded(
                     f"The request was not answered within {limits.request_timeout_s:g} s; retry later."
                 ) from exc
+            except ClientDisconnect:
+                log.info("%s %s: the client went away during its upload", meta.method, meta.path)
+                return Response(status_code=499)  # nobody reads this
             finally:
                 gateway.inflight -= 1
             if result is None:  # the client went away; nobody reads this
@@ -139,11 +148,13 @@ async def _embed(
     gateway: Gateway,
     keys: tuple[bytes, ...],
     checked: bool,
+    phase: list[str],
 ) -> tuple[EmbedResult | None, EmbedRequest]:
     """Read, authorize, parse and embed one request. None for a client that went away: its
     queued work is dropped when the embedding task is cancelled."""
     limits = gateway.config.server
     body = await _read_body(request, op, adapter, meta, limits.max_body_bytes, limits.max_json_depth)
+    phase[0] = "serving"
     if not checked:
         _authorize(adapter.credential(body, meta), keys)
     service = gateway.service
@@ -233,24 +244,30 @@ async def _read_body(
         body = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         raise SchemaError(f"The request body is not valid JSON: {exc}", kind="json_invalid") from exc
-    if _depth_exceeds(body, max_depth):
+    if _depth_exceeds(raw, body, max_depth):
         raise SchemaError(f"The request body nests JSON deeper than {max_depth} levels.", kind="json_invalid")
     return body
 
 
-def _depth_exceeds(value: object, limit: int) -> bool:
-    """Whether JSON `value` nests containers more than `limit` deep (iterative: no recursion limit;
-    stops at the first path past the limit). orjson itself refuses past 1,024 levels."""
-    stack: list[tuple[object, int]] = [(value, 1)]
+def _depth_exceeds(raw: bytes, value: object, limit: int) -> bool:
+    """Whether JSON `value` nests containers more than `limit` deep. Skipped when `raw` holds too
+    few brackets to get there; otherwise walked with a stack of iterators, so memory grows with
+    the depth, not the width, and the walk stops at the first path past the limit."""
+    if raw.count(b"[") + raw.count(b"{") <= limit:
+        return False
+    stack: list[Iterator[object]] = [iter((value,))]
     while stack:
-        node, depth = stack.pop()
-        children = node.values() if isinstance(node, dict) else node if isinstance(node, list) else None
-        if children is None:
-            continue
-        if depth > limit:
-            return True
-        stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
+        node = next(stack[-1], _END)
+        if node is _END:
+            stack.pop()
+        elif isinstance(node, (dict, list)):
+            if len(stack) > limit:
+                return True
+            stack.append(iter(node.values() if isinstance(node, dict) else node))
     return False
+
+
+_END = object()
 
 
 def _is_json_type(content_type: str) -> bool:

@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import math
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, TypeVar
 
 from clipgate import urls
 from clipgate.batcher import Batcher, Lane
@@ -21,6 +22,16 @@ from clipgate.images import ImageLimits, Pixels, decode_base64, decode_image, li
 # input side: the resize that follows then sees nearly the same pixels (measured: embedding cosine
 # >= 0.99999 against a full decode, by tests/test_images.py and the benchmark).
 REDUCED_DECODE_MARGIN = 1.5
+URL_FETCH_THREADS = 8
+
+
+T = TypeVar("T")
+
+
+def _done(value: T) -> asyncio.Future[T]:
+    future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+    future.set_result(value)
+    return future
 
 
 class EmbeddingService:
@@ -45,6 +56,8 @@ class EmbeddingService:
         self._resolver = resolver
         self._reduced_decode = images.reduced_jpeg_decode
         self._decode_pool = ThreadPoolExecutor(max_workers=images.decode_threads, thread_name_prefix="clipgate-decode")
+        # URL fetches wait on the network: their own threads, so a slow host stalls no decoding.
+        self._fetch_pool = ThreadPoolExecutor(max_workers=URL_FETCH_THREADS, thread_name_prefix="clipgate-fetch")
         # On a CPU the model and the decoders take turns (see clipgate.gate); on a GPU they overlap.
         self.gate = ComputeGate(enabled=engine.card.device == "cpu")
         batching = config.batching
@@ -67,6 +80,7 @@ class EmbeddingService:
     async def stop(self) -> None:
         await self.batcher.stop()
         self._decode_pool.shutdown(wait=False, cancel_futures=True)
+        self._fetch_pool.shutdown(wait=False, cancel_futures=True)
 
     def check_model(self, requested: str | None) -> None:
         card = self.engine.card
@@ -85,27 +99,47 @@ class EmbeddingService:
         self._check_sizes(texts, images)
         self._admit("text", len(texts), self.config.server.max_queued_texts)
         self._admit("image", len(images), self.config.server.max_queued_images)
-        loop = asyncio.get_running_loop()
-        pool = self._decode_pool
-        fetched = [  # only a URL is fetched in the pool; bytes and base64 text are at hand
-            await loop.run_in_executor(pool, self._fetch, item) if item.url is not None else self._fetch(item)
-            for _, item in images
-        ]
-        # Announced to the batcher, so a batch about to start waits for these rather than leaving
-        # without them; on a CPU the decoding itself waits while a batch runs (clipgate.gate).
-        with self.batcher.incoming("text", len(texts)), self.batcher.incoming("image", len(images)):
-            tokens = await loop.run_in_executor(pool, self._tokenize, [t for _, t in texts]) if texts else []
-            pixels = await asyncio.gather(*(loop.run_in_executor(pool, self._decode, data) for data in fetched))
-        futures = self.batcher.submit("text", tokens) + self.batcher.submit("image", pixels)
+        fetched = await self._all_in(self._fetch_pool, self._fetch, [item for _, item in images], only_urls=True)
+        futures: list[asyncio.Future[Any]] = []
         try:
+            # Announced to the batcher, so a batch about to start waits for these rather than
+            # leaving without them; on a CPU the decoding itself waits while a batch runs
+            # (clipgate.gate). Texts go in as soon as they are tokenized.
+            if texts:
+                with self.batcher.incoming("text", len(texts)):
+                    (tokens,) = await self._all_in(self._decode_pool, self._tokenize, [[t for _, t in texts]])
+                futures += self.batcher.submit("text", tokens)
+            if images:
+                with self.batcher.incoming("image", len(images)):
+                    pixels = await self._all_in(self._decode_pool, self._decode, fetched)
+                futures += self.batcher.submit("image", pixels)
             rows = await asyncio.gather(*futures)
         finally:
-            for fut in futures:  # a caller that went away frees its queue places
+            for fut in futures:  # a failed or abandoned request frees its queue places
                 fut.cancel()
         vectors: list[Any] = [None] * len(items)
         for index, row in zip([i for i, _ in texts] + [i for i, _ in images], rows, strict=True):
             vectors[index] = row
         return EmbedResult(vectors=vectors, elapsed_s=time.perf_counter() - started)
+
+    @staticmethod
+    async def _all_in(
+        pool: ThreadPoolExecutor, fn: Callable[[Any], T], args: list[Any], *, only_urls: bool = False
+    ) -> list[T]:
+        """`fn` over `args` in `pool`, in order. When one fails, the others still waiting for a
+        thread are cancelled: a request that has failed leaves no work behind. With `only_urls`,
+        only ImageInputs with a URL go to the pool; the rest are at hand."""
+        loop = asyncio.get_running_loop()
+        jobs: list[asyncio.Future[T]] = []
+        try:
+            for arg in args:
+                in_pool = not only_urls or arg.url is not None
+                jobs.append(loop.run_in_executor(pool, fn, arg) if in_pool else _done(fn(arg)))
+            return await asyncio.gather(*jobs)
+        except BaseException:
+            for job in jobs:
+                job.cancel()
+            raise
 
     def _admit(self, lane: str, count: int, limit: int) -> None:
         """Refuse work the queue has no room or time for, before any of it is decoded. A request

@@ -6,6 +6,8 @@ import asyncio
 import threading
 from collections.abc import Sequence
 
+import pytest
+
 from clipgate.batcher import Batcher, Lane
 from clipgate.errors import NotReady
 
@@ -188,3 +190,38 @@ def test_callers_arriving_just_after_a_batch_ends_join_the_next_one() -> None:
 
     run(main())
     assert rec.batches == [[0], [1, 2]]
+
+
+def test_a_full_lane_does_not_wait_for_another_lanes_incoming_work() -> None:
+    rec = Recorder()
+
+    async def main() -> float:
+        batcher = Batcher(
+            {"slow": Lane(rec, max_batch=4), "full": Lane(rec, max_batch=2)}, max_wait_s=0.0, max_incoming_wait_s=5.0
+        )
+        slow = batcher.submit("slow", [1])  # the oldest entry: its lane has more on the way
+        started = asyncio.get_running_loop().time()
+        with batcher.incoming("slow", 3):
+            full = batcher.submit("full", [2, 3])  # a full batch in the other lane
+            batcher.start()
+            await asyncio.gather(*full)
+            elapsed = asyncio.get_running_loop().time() - started
+            slow += batcher.submit("slow", [4, 5, 6])
+        await asyncio.gather(*slow)
+        await batcher.stop()
+        return elapsed
+
+    assert run(main()) < 1.0  # not the 5 s the slow lane may wait for its incoming entries
+    assert [2, 3] in rec.batches
+
+
+def test_the_wait_estimate_follows_recent_loaded_batches() -> None:
+    from clipgate.batcher import LaneStats
+
+    stats = LaneStats()
+    for _ in range(50):
+        stats.record(1, 0.010, max_batch=64)  # a long quiet spell of lone texts: 10 ms each
+    assert stats.per_item_loaded_s is None and stats.per_item_s == pytest.approx(0.010)
+    for _ in range(10):
+        stats.record(64, 0.128, max_batch=64)  # then load: 2 ms per text in full batches
+    assert stats.per_item_loaded_s == pytest.approx(0.002)

@@ -176,6 +176,19 @@ class Connection:
                 pass
 
 
+async def send(conn: Connection, raw: bytes, timeout_s: float, failures: collections.Counter[str]) -> Response | None:
+    """One request on `conn`; None (counted in `failures`, the connection dropped) when it gets
+    no answer in `timeout_s` or the connection fails."""
+    try:
+        return await asyncio.wait_for(conn.request(raw), timeout_s)
+    except TimeoutError:
+        failures["timeout"] += 1
+    except (ConnectionError, OSError, asyncio.IncompleteReadError, ValueError) as exc:
+        failures[type(exc).__name__] += 1
+    await conn.close()
+    return None
+
+
 async def run_load(
     host: str,
     port: int,
@@ -213,15 +226,8 @@ async def run_load(
                     return
                 raw = next(cycle)
                 sent = time.perf_counter()
-                try:
-                    response = await asyncio.wait_for(conn.request(raw), timeout_s)
-                except TimeoutError:
-                    report.failures["timeout"] += 1
-                    await conn.close()
-                    continue
-                except (ConnectionError, OSError, asyncio.IncompleteReadError, ValueError) as exc:
-                    report.failures[type(exc).__name__] += 1
-                    await conn.close()
+                response = await send(conn, raw, timeout_s, report.failures)
+                if response is None:
                     continue
                 done = time.perf_counter()
                 if done > deadline:
@@ -321,18 +327,12 @@ async def run_open_loop(
         conn = await connection()
         sent = time.perf_counter()
         try:
-            response = await asyncio.wait_for(conn.request(raw), timeout_s)
-        except TimeoutError:
-            report.failures["timeout"] += 1
-            await conn.close()
-        except (ConnectionError, OSError, asyncio.IncompleteReadError, ValueError) as exc:
-            report.failures[type(exc).__name__] += 1
-            await conn.close()
-        else:
-            report.latencies_s.append(time.perf_counter() - sent)
-            report.statuses.setdefault(label, collections.Counter())[response.status] += 1
-            if conn.is_open:
-                idle.append(conn)
+            response = await send(conn, raw, timeout_s, report.failures)
+            if response is not None:
+                report.latencies_s.append(time.perf_counter() - sent)
+                report.statuses.setdefault(label, collections.Counter())[response.status] += 1
+                if conn.is_open:
+                    idle.append(conn)
         finally:
             busy -= 1
 
