@@ -1,20 +1,19 @@
 """https through the pinned connection: TCP to the checked address, SNI and certificate for the name.
 
-A loopback TLS server with a throw-away self-signed certificate for images.example.test stands in
-for a public host; the fetcher is pointed at that certificate as its only trust anchor.
+A loopback TLS server with a throw-away certificate for images.example.test (from a trustme CA)
+stands in for a public host; the fetcher is pointed at that CA as its only trust anchor.
 """
 
 from __future__ import annotations
 
-import shutil
 import ssl
-import subprocess
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import trustme
 
 from clipgate import urls
 from clipgate.errors import ImageError
@@ -39,43 +38,21 @@ class TlsServer(Server):
 
 
 @pytest.fixture(scope="module")
-def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    openssl = shutil.which("openssl")
-    if openssl is None:
-        pytest.skip("needs the openssl command to make a test certificate")
+def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
+    """A throw-away CA and a certificate it issued for HOST: (chain, key, CA certificate)."""
+    authority = trustme.CA()
+    issued = authority.issue_cert(HOST)
     folder = tmp_path_factory.mktemp("tls")
-    cert, key = folder / "cert.pem", folder / "key.pem"
-    subprocess.run(
-        [
-            openssl,
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-keyout",
-            str(key),
-            "-out",
-            str(cert),
-            "-days",
-            "2",
-            "-subj",
-            f"/CN={HOST}",
-            "-addext",
-            f"subjectAltName=DNS:{HOST}",
-        ],  # fmt: skip
-        check=True,
-        capture_output=True,
-        timeout=30,
-    )
-    return cert, key
+    chain, key, ca = folder / "chain.pem", folder / "key.pem", folder / "ca.pem"
+    chain.write_bytes(b"".join(blob.bytes() for blob in issued.cert_chain_pems))
+    key.write_bytes(issued.private_key_pem.bytes())
+    ca.write_bytes(authority.cert_pem.bytes())
+    return chain, key, ca
 
 
 @pytest.fixture(scope="module")
-def tls_server(certificate: tuple[Path, Path]) -> Iterator[TlsServer]:
-    server = TlsServer(*certificate)
+def tls_server(certificate: tuple[Path, Path, Path]) -> Iterator[TlsServer]:
+    server = TlsServer(certificate[0], certificate[1])
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     yield server
@@ -89,8 +66,8 @@ def network(monkeypatch: pytest.MonkeyPatch) -> Network:
 
 
 @pytest.fixture
-def trust_test_certificate(certificate: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(urls, "_CA_BUNDLE", str(certificate[0]))
+def trust_test_certificate(certificate: tuple[Path, Path, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(urls, "_CA_BUNDLE", str(certificate[2]))
 
 
 DNS = {HOST: [["127.0.0.1"]], "other.example.test": [["127.0.0.1"]]}
