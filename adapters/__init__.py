@@ -1,7 +1,19 @@
-"""Vendor wire formats, one module each; `REGISTRY` lists them. Each imports only clipgate's
-`canonical`, `errors` and `adapter` modules: no web framework, no torch."""
+"""Vendor wire formats, one module each. Each imports only clipgate's `canonical`, `errors` and
+`adapter` modules: no web framework, no torch.
 
-from adapters import azureml, roboflow, sambastudio
+`PROTOCOLS` is the registry: one line per module in this package that defines `ADAPTER`.
+"""
+
+from importlib import import_module
+
 from clipgate.adapter import Adapter
 
-REGISTRY: dict[str, Adapter] = {a.name: a for a in (sambastudio.ADAPTER, azureml.ADAPTER, roboflow.ADAPTER)}
+PROTOCOLS = (
+    "sambastudio",
+    "azureml",
+    "roboflow",
+)
+
+REGISTRY: dict[str, Adapter] = {
+    adapter.name: adapter for adapter in (import_module(f"adapters.{module}").ADAPTER for module in PROTOCOLS)
+}

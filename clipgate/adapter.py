@@ -1,4 +1,11 @@
-"""What an adapter provides: routes as data, pure parse/render functions, its error shape."""
+"""What an adapter provides: routes as data, pure parse/render functions, its error shape, its settings.
+
+Adding a protocol is one module in `adapters/` that defines an `Adapter`, and one line in the
+registry (`adapters/__init__.py`). The core mounts its routes, gives it a config table named as
+the adapter is (`[name] enabled, prefix, keys` and any options of its own, each settable from the
+environment as `CLIPGATE_<NAME>_<KEY>`), checks its credential, and renders every error with
+its `render_error`.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +17,17 @@ from clipgate.canonical import JSON, EmbedRequest, EmbedResult, FormPart, ModelC
 from clipgate.errors import ClipgateError
 
 BodyKind = Literal["json", "multipart", "none"]
+
+
+@dataclass(frozen=True)
+class ProtocolSettings:
+    """A protocol's config table. Auth is off while `keys` is empty. An adapter with options of
+    its own subclasses this (a frozen dataclass with defaults) and names it in `Adapter.settings`;
+    its routes read the values from `RequestMeta.settings`."""
+
+    enabled: bool = True
+    prefix: str = ""  # mount every route under this path, e.g. "/roboflow"
+    keys: tuple[str, ...] = ()  # accepted credentials, compared in constant time, never logged
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,12 +83,19 @@ def _no_headers(meta: RequestMeta) -> Mapping[str, str]:
 
 @dataclass(frozen=True, slots=True)
 class Adapter:
-    """A vendor: its routes, where its clients put their key, and how it shows an error."""
+    """A vendor: its routes, where its clients put their key, and how it shows an error.
 
-    name: str
+    `credential(body, meta)` returns the key the caller sent, or None. It is called first with
+    `body=None`, before the body is read, so header and query keys are checked early; an adapter
+    whose clients may put the key in the body sets `body_credential`, and is then called again
+    with the parsed body when the early call found none. Any hook that raises (a ClipgateError
+    or anything else) gets its answer from this adapter's `render_error`."""
+
+    name: str  # also its config table, [name], and its environment prefix, CLIPGATE_<NAME>_
     operations: Sequence[Operation]
     render_error: Callable[[ClipgateError], Reply]
     credential: Callable[[Body, RequestMeta], str | None]
     response_headers: Callable[[RequestMeta], Mapping[str, str]] = _no_headers
     json_content_type_required: bool = False  # refuse a non-JSON Content-Type with 415
     body_credential: bool = False  # the key may come in the body, so it is read before auth
+    settings: type[ProtocolSettings] = ProtocolSettings

@@ -81,6 +81,7 @@ class RequestMeta:
     path_params: Mapping[str, str] = field(default_factory=dict)
     request_id: str = ""
     content_type: str = ""  # media type only, lower-case, no parameters
+    settings: Any = None  # the protocol's config table (clipgate.adapter.ProtocolSettings or its subclass)
 
 
 @dataclass(frozen=True, slots=True)

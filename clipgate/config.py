@@ -1,18 +1,23 @@
 """One typed, frozen configuration tree: `configs/default.toml`, then CLIPGATE_* environment overrides.
 
 Every key is `CLIPGATE_<SECTION>_<KEY>` in the environment (upper case), e.g.
-`CLIPGATE_MODEL_ID=random:tiny` or `CLIPGATE_AUTH_ROBOFLOW_KEYS=k1,k2` (lists are comma-separated).
+`CLIPGATE_MODEL_ID=random:tiny` or `CLIPGATE_ROBOFLOW_KEYS=k1,k2` (lists are comma-separated). A
+`CLIPGATE_*` variable that names no key is an error, so a typo is never silently ignored.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import re
 import tomllib
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from clipgate.adapter import ProtocolSettings
 
 ENV_PREFIX = "CLIPGATE_"
 
@@ -27,6 +32,15 @@ def _require(ok: bool, key: str, rule: str, value: object) -> None:
 
 
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
+DTYPES = ("auto", "float32", "float16", "bfloat16")
+BACKENDS = ("torch",)
+_DEVICE = re.compile(r"auto|cpu|cuda(:[0-9]+)?")
+
+
+def check_device(name: str) -> str:
+    """`name` if it is a device clipgate knows (auto, cpu, cuda, cuda:N), else ConfigError."""
+    _require(_DEVICE.fullmatch(name) is not None, "model.device", "must be auto, cpu, cuda or cuda:N", name)
+    return name
 
 
 @dataclass(frozen=True)
@@ -62,6 +76,7 @@ class ServerConfig:
 @dataclass(frozen=True)
 class ModelConfig:
     id: str = "openai/clip-vit-base-patch32"
+    backend: str = "torch"
     device: str = "auto"
     dtype: str = "auto"
     truncate_text: bool = False
@@ -71,10 +86,9 @@ class ModelConfig:
     torch_threads: int = 0
 
     def __post_init__(self) -> None:
-        device_ok = self.device in ("auto", "cpu") or self.device.startswith("cuda")
-        _require(device_ok, "model.device", "must be auto, cpu or cuda[:N]", self.device)
-        dtypes = ("auto", "float32", "float16", "bfloat16")
-        _require(self.dtype in dtypes, "model.dtype", f"must be one of {', '.join(dtypes)}", self.dtype)
+        check_device(self.device)
+        _require(self.dtype in DTYPES, "model.dtype", f"must be one of {', '.join(DTYPES)}", self.dtype)
+        _require(self.backend in BACKENDS, "model.backend", f"must be one of {', '.join(BACKENDS)}", self.backend)
         _require(self.download_timeout_s > 0, "model.download_timeout_s", "must be positive", self.download_timeout_s)
         _require(self.torch_threads >= 0, "model.torch_threads", "must be 0 (automatic) or more", self.torch_threads)
 
@@ -120,45 +134,47 @@ class ImagesConfig:
 
 
 @dataclass(frozen=True)
-class AuthConfig:
-    sambastudio_keys: tuple[str, ...] = ()
-    azureml_keys: tuple[str, ...] = ()
-    roboflow_keys: tuple[str, ...] = ()
-
-    def keys_for(self, adapter: str) -> tuple[str, ...]:
-        keys: tuple[str, ...] = getattr(self, f"{adapter}_keys", ())
-        return keys
-
-
-@dataclass(frozen=True)
-class AdapterConfig:
-    enabled: bool = True
-    prefix: str = ""
-
-
-@dataclass(frozen=True)
 class Config:
+    """The whole configuration. `protocols` holds one table per registered protocol (adapter),
+    named as the adapter is: `[roboflow] enabled, prefix, keys`, plus any options of its own."""
+
     server: ServerConfig = field(default_factory=ServerConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     batching: BatchingConfig = field(default_factory=BatchingConfig)
     images: ImagesConfig = field(default_factory=ImagesConfig)
-    auth: AuthConfig = field(default_factory=AuthConfig)
-    sambastudio: AdapterConfig = field(default_factory=AdapterConfig)
-    azureml: AdapterConfig = field(default_factory=AdapterConfig)
-    roboflow: AdapterConfig = field(default_factory=AdapterConfig)
+    protocols: Mapping[str, ProtocolSettings] = field(default_factory=dict)
 
-    def adapter(self, name: str) -> AdapterConfig:
-        value = getattr(self, name)
-        assert isinstance(value, AdapterConfig)
-        return value
+    def protocol(self, name: str) -> ProtocolSettings:
+        try:
+            return self.protocols[name]
+        except KeyError:
+            raise ConfigError(f"the configuration has no table for protocol [{name}]") from None
 
     def replace(self, section: str, **changes: Any) -> Config:
-        """A copy with some keys of one section changed (the CLI's flags use this)."""
+        """A copy with some keys of one section or protocol table changed (the CLI's flags use this)."""
+        if section in self.protocols:
+            table = dataclasses.replace(self.protocols[section], **changes)
+            return dataclasses.replace(self, protocols={**self.protocols, section: table})
         return dataclasses.replace(self, **{section: dataclasses.replace(getattr(self, section), **changes)})
 
 
-def load_config(path: str | Path | None = None, environ: Mapping[str, str] | None = None) -> Config:
-    """Read the TOML file (if any), then apply CLIPGATE_* overrides from `environ` (if given)."""
+SECTIONS = ("server", "model", "batching", "images")
+# Read by clipgate outside the configuration tree: accepted in the environment as they are.
+PROCESS_VARIABLES = {
+    "CLIPGATE_CONFIG": "the config file `uvicorn --factory clipgate.app:app_from_env` reads",
+    "CLIPGATE_CACHE_DIR": "where random:tiny and random:base checkpoints are built",
+}
+
+
+def load_config(
+    path: str | Path | None = None,
+    environ: Mapping[str, str] | None = None,
+    *,
+    protocols: Mapping[str, type[ProtocolSettings]],
+) -> Config:
+    """Read the TOML file (if any), then apply CLIPGATE_* overrides from `environ` (if given).
+    `protocols` names each registered protocol and its settings class (the adapter registry):
+    a protocol whose table is missing gets its defaults."""
     data: dict[str, Any] = {}
     if path is not None:
         try:
@@ -169,18 +185,53 @@ def load_config(path: str | Path | None = None, environ: Mapping[str, str] | Non
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{path}: {exc}") from exc
     environ = environ or {}
-    sections: dict[str, Any] = {}
     hints = typing.get_type_hints(Config)
+    classes: dict[str, type] = {name: hints[name] for name in SECTIONS}
+    for name, cls in protocols.items():
+        if name in classes or not issubclass(cls, ProtocolSettings):
+            raise ConfigError(f"protocol {name!r} clashes with a section name or has no ProtocolSettings table")
+        classes[name] = cls
+    _check_moved(data, environ, protocols)
     for name in data:
-        if name not in hints:
-            raise ConfigError(f"unknown config section [{name}]")
-    for section in dataclasses.fields(Config):
-        cls = hints[section.name]
-        table = data.get(section.name, {})
+        if name not in classes:
+            raise ConfigError(f"unknown config section [{name}]; the known sections are: {', '.join(classes)}")
+    _check_environment(environ, classes)
+    tables: dict[str, Any] = {}
+    for name, cls in classes.items():
+        table = data.get(name, {})
         if not isinstance(table, dict):
-            raise ConfigError(f"[{section.name}] must be a table")
-        sections[section.name] = _load_section(section.name, cls, table, environ)
-    return Config(**sections)
+            raise ConfigError(f"[{name}] must be a table")
+        tables[name] = _load_section(name, cls, table, environ)
+    return Config(**{name: tables[name] for name in SECTIONS}, protocols={name: tables[name] for name in protocols})
+
+
+def _env_name(section: str, key: str) -> str:
+    return f"{ENV_PREFIX}{section}_{key}".upper()
+
+
+def _check_moved(data: Mapping[str, Any], environ: Mapping[str, str], protocols: Mapping[str, object]) -> None:
+    """The old `[auth] <protocol>_keys` keys (and their variables) moved into each protocol's table."""
+    auth = data.get("auth")
+    old = [f"[auth] {key}" for key in (auth if isinstance(auth, dict) else {})]
+    old += [name for name in environ if name.startswith(f"{ENV_PREFIX}AUTH_")]
+    if "auth" in data and not old:
+        old = ["[auth]"]
+    for where in old:
+        name = where.removeprefix("[auth] ").removeprefix(f"{ENV_PREFIX}AUTH_").lower().removesuffix("_keys")
+        new = f"[{name}] keys (env {_env_name(name, 'keys')})" if name in protocols else "each protocol's table"
+        raise ConfigError(f"{where} has moved: each protocol's keys are now set in {new}")
+
+
+def _check_environment(environ: Mapping[str, str], classes: Mapping[str, type]) -> None:
+    """Every CLIPGATE_* variable must name a key or be one of PROCESS_VARIABLES."""
+    valid = set(PROCESS_VARIABLES)
+    for section, cls in classes.items():
+        valid.update(_env_name(section, f.name) for f in dataclasses.fields(cls))
+    for name in sorted(environ):
+        if name.startswith(ENV_PREFIX) and name not in valid:
+            close = difflib.get_close_matches(name, sorted(valid), n=1, cutoff=0.6)
+            hint = f"; did you mean {close[0]}?" if close else "; see configs/default.toml for every key"
+            raise ConfigError(f"unknown environment variable {name}{hint}")
 
 
 def _load_section(name: str, cls: type, table: Mapping[str, Any], environ: Mapping[str, str]) -> Any:
@@ -191,7 +242,7 @@ def _load_section(name: str, cls: type, table: Mapping[str, Any], environ: Mappi
             raise ConfigError(f"unknown config key {name}.{key}")
     values: dict[str, Any] = {}
     for f in dataclasses.fields(cls):
-        env_name = f"{ENV_PREFIX}{name}_{f.name}".upper()
+        env_name = _env_name(name, f.name)
         if env_name in environ:
             values[f.name] = _coerce(f"{env_name}", hints[f.name], environ[env_name], from_env=True)
         elif f.name in table:

@@ -1,21 +1,28 @@
-"""The CLIP core: load a checkpoint, tokenize, preprocess, and encode batches. Knows no HTTP."""
+"""What every model backend shares, without torch: the checkpoint, its `ModelCard`, the
+`Preprocessor` (tokenizer and image transform) and the `Encoder` protocol a backend implements.
+
+A backend (clipgate/backends/) runs the device step alone: token ids and pixel arrays in,
+float32 vectors out. Tokenizing, decoding and batching happen here and in the service, the
+same for every backend. `model.backend` picks the backend; `load_model` puts it all together.
+"""
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
-import torch
 from numpy.typing import NDArray
 from PIL import Image
 from tokenizers import Tokenizer
 
-from clipgate import emulator
+from clipgate import random_checkpoint
 from clipgate.canonical import ModelCard
 from clipgate.config import ModelConfig
 from clipgate.errors import InvalidRequest
@@ -23,6 +30,8 @@ from clipgate.images import ImageTransform, Pixels
 
 Vectors = NDArray[np.float32]
 """Embeddings: float32, (n, dim), unnormalized."""
+TokenIds = NDArray[np.int64]
+"""A padded batch of token ids, or its attention mask: int64, (n, longest text)."""
 
 log = logging.getLogger("clipgate.engine")
 
@@ -38,35 +47,95 @@ KNOWN_ALIASES = {
 
 TOKENIZE_CHUNK = 64
 
-_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+# model.backend -> the module under clipgate/backends/ that implements it (imported on demand).
+BACKENDS = {"torch": "clipgate.backends.torch"}
 
 
 class ModelLoadError(RuntimeError):
     """The model cannot be found or loaded; the message is one line a person can act on."""
 
 
-class Engine(Protocol):
-    """What the batcher and service need of a model. A test double implements this too."""
+class Encoder(Protocol):
+    """A backend: the device step of CLIP. One thread (the batcher's) calls `embed_*` and
+    `warmup`; `health` may be called from anywhere and must be cheap."""
 
-    card: ModelCard
+    @property
+    def card(self) -> ModelCard: ...
 
-    def tokenize(self, texts: Sequence[str]) -> list[list[int]]: ...
+    def embed_texts(self, ids: TokenIds, mask: TokenIds) -> Vectors: ...
 
-    def preprocess(self, image: Image.Image) -> Pixels: ...
+    def embed_images(self, pixels: NDArray[np.float32]) -> Vectors: ...
 
-    def embed_texts(self, batch: Sequence[Sequence[int]]) -> Vectors: ...
+    def warmup(self) -> None:
+        """Run one small batch of each kind, so the first request pays no one-off costs."""
 
-    def embed_images(self, batch: Sequence[Pixels]) -> Vectors: ...
+    def health(self) -> str | None:
+        """None while the encoder can serve, else why not (one line, for readiness probes)."""
+
+
+class Backend(Protocol):
+    """What a backend module provides."""
+
+    def check_device(self, device: str) -> None:
+        """Raise ModelLoadError if `device` (auto, cpu, cuda[:N]) cannot be had here."""
+
+    def load(self, checkpoint: Checkpoint, cfg: ModelConfig) -> Encoder: ...
+
+
+def backend(cfg: ModelConfig) -> Backend:
+    """The module that implements `cfg.backend` (config validation names the known ones)."""
+    module: Any = importlib.import_module(BACKENDS[cfg.backend])
+    return module  # type: ignore[no-any-return]
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A CLIP checkpoint folder and what its `config.json` and `preprocessor_config.json` say."""
+
+    path: Path
+    model_id: str
+    config: dict[str, Any]
+    processor: dict[str, Any]
+
+    @classmethod
+    def read(cls, path: Path, model_id: str) -> Checkpoint:
+        try:
+            config = json.loads((path / "config.json").read_text())
+            processor = json.loads((path / "preprocessor_config.json").read_text())
+        except (OSError, ValueError) as exc:
+            raise ModelLoadError(f"cannot read a CLIP checkpoint from {path}: {_first_line(exc)}") from exc
+        return cls(path, model_id, config, processor)
+
+    def card(self, cfg: ModelConfig, *, device: str, dtype: str) -> ModelCard:
+        """What is served, for info routes and the `model` check; the backend names the device and dtype."""
+        text = self.config.get("text_config") or {}
+        try:
+            return ModelCard(
+                name=cfg.id,
+                alias=cfg.alias or KNOWN_ALIASES.get(cfg.id, Path(cfg.id.rstrip("/")).name),
+                dim=int(self.config.get("projection_dim", 512)),
+                image_size=ImageTransform.from_processor_config(self.processor).crop_height,
+                max_text_tokens=int(text.get("max_position_embeddings", 77)),
+                device=device,
+                dtype=dtype,
+            )
+        except (TypeError, ValueError) as exc:
+            raise ModelLoadError(f"cannot read a CLIP checkpoint from {self.path}: {_first_line(exc)}") from exc
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:200] if text else type(exc).__name__
 
 
 def resolve_checkpoint(cfg: ModelConfig) -> Path:
-    """Find the checkpoint folder for `cfg.id`: an emulator kind, a local folder, or a hub id
+    """Find the checkpoint folder for `cfg.id`: a random-weight kind, a local folder, or a hub id
     (from the local cache, downloading only when allowed). Raises ModelLoadError."""
     model_id = cfg.id
     hint = "pass --model DIR (a local CLIP checkpoint folder) or --model random:tiny (random weights, no download)"
-    if emulator.is_emulator(model_id):
+    if random_checkpoint.is_random(model_id):
         try:
-            return emulator.checkpoint_dir(model_id)
+            return random_checkpoint.checkpoint_dir(model_id)
         except ValueError as exc:
             raise ModelLoadError(str(exc)) from exc
     path = Path(model_id).expanduser()
@@ -87,24 +156,7 @@ def resolve_checkpoint(cfg: ModelConfig) -> Path:
     try:
         return Path(snapshot_download(model_id, allow_patterns=patterns, etag_timeout=cfg.download_timeout_s))
     except Exception as exc:  # noqa: BLE001 - network, auth or not-found: all end the same way
-        reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-        raise ModelLoadError(f"cannot download model {model_id} ({reason}); {hint}") from exc
-
-
-def pick_device(name: str) -> torch.device:
-    """`name` is auto, cpu or cuda[:N] (ModelConfig checks that)."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ModelLoadError(f"device {name} was asked for but CUDA is not available")
-    return torch.device(name)
-
-
-def pick_dtype(name: str, device: torch.device) -> torch.dtype:
-    """`name` is auto or one of _DTYPES (ModelConfig checks that)."""
-    if name == "auto":
-        return torch.float16 if device.type == "cuda" else torch.float32
-    return _DTYPES[name]
+        raise ModelLoadError(f"cannot download model {model_id} ({_first_line(exc)}); {hint}") from exc
 
 
 def load_tokenizer(path: Path) -> tuple[Tokenizer, int]:
@@ -126,78 +178,36 @@ def load_tokenizer(path: Path) -> tuple[Tokenizer, int]:
     return tokenizer, int(pad_id or 0)
 
 
-class ClipEngine:
-    """A Hugging Face `CLIPModel` with its tokenizer and preprocessing. Not thread-safe: one
-    thread (the batcher's) calls `embed_*`; `tokenize` and `preprocess` are safe anywhere."""
+class Preprocessor:
+    """The CPU side of CLIP: text to token ids, an image to pixels, and batches of either to the
+    arrays an encoder takes. `tokenize` and `preprocess` are safe on any thread."""
 
     def __init__(
-        self,
-        model: Any,
-        tokenizer: Tokenizer,
-        transform: ImageTransform,
-        card: ModelCard,
-        *,
-        pad_id: int,
-        truncate: bool,
+        self, tokenizer: Tokenizer, transform: ImageTransform, *, pad_id: int, max_text_tokens: int, truncate: bool
     ) -> None:
-        self.model = model
         self.tokenizer = tokenizer
         self.transform = transform
-        self.card = card
-        self._device = next(model.parameters()).device
-        self._dtype = next(model.parameters()).dtype
-        self._pad_id = pad_id
-        tokenizer.no_padding()
+        self.pad_id = pad_id
+        self.max_text_tokens = max_text_tokens
+        tokenizer.no_padding()  # a batch pads to its own longest text, in `collate_texts`
         if truncate:
-            tokenizer.enable_truncation(card.max_text_tokens)  # keeps the end-of-text token last
+            tokenizer.enable_truncation(max_text_tokens)  # keeps the end-of-text token last
         else:
             tokenizer.no_truncation()
 
     @classmethod
-    def load(cls, cfg: ModelConfig) -> ClipEngine:
-        from transformers import CLIPModel
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
-        started = time.perf_counter()
-        path = resolve_checkpoint(cfg)
-        device = pick_device(cfg.device)
-        dtype = pick_dtype(cfg.dtype, device)
-        if cfg.torch_threads > 0:
-            torch.set_num_threads(cfg.torch_threads)
+    def load(cls, checkpoint: Checkpoint, card: ModelCard, *, truncate: bool) -> Preprocessor:
         try:
-            model = CLIPModel.from_pretrained(path, dtype=dtype, use_safetensors=True)
-            tokenizer, pad_id = load_tokenizer(path)
-            processor_cfg = json.loads((path / "preprocessor_config.json").read_text())
-            transform = ImageTransform.from_processor_config(processor_cfg)
+            tokenizer, pad_id = load_tokenizer(checkpoint.path)
+            transform = ImageTransform.from_processor_config(checkpoint.processor)
         except (OSError, ValueError, KeyError) as exc:
-            first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-            raise ModelLoadError(f"cannot load a CLIP checkpoint from {path}: {first}") from exc
-        model = model.to(device).eval()  # type: ignore[arg-type]
-        text_cfg = model.config.text_config
-        card = ModelCard(
-            name=cfg.id,
-            alias=cfg.alias or KNOWN_ALIASES.get(cfg.id, Path(cfg.id.rstrip("/")).name),
-            dim=int(model.config.projection_dim),
-            image_size=transform.crop_height,
-            max_text_tokens=int(text_cfg.max_position_embeddings),
-            device=str(device),
-            dtype=str(dtype).removeprefix("torch."),
-        )
-        log.info(
-            "loaded %s from %s on %s as %s in %.1f s",
-            cfg.id,
-            path,
-            card.device,
-            card.dtype,
-            time.perf_counter() - started,
-        )
-        return cls(model, tokenizer, transform, card, pad_id=pad_id, truncate=cfg.truncate_text)
+            raise ModelLoadError(f"cannot load a CLIP checkpoint from {checkpoint.path}: {_first_line(exc)}") from exc
+        return cls(tokenizer, transform, pad_id=pad_id, max_text_tokens=card.max_text_tokens, truncate=truncate)
 
     def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
         """Token ids per text. In chunks, so a request whose first text is too long is refused
         without tokenizing the other thousand."""
-        limit = self.card.max_text_tokens
+        limit = self.max_text_tokens
         ids: list[list[int]] = []
         for start in range(0, len(texts), TOKENIZE_CHUNK):
             ids += [
@@ -214,32 +224,55 @@ class ClipEngine:
     def preprocess(self, image: Image.Image) -> Pixels:
         return self.transform(image)
 
-    @torch.inference_mode()
-    def embed_texts(self, batch: Sequence[Sequence[int]]) -> Vectors:
+    def collate_texts(self, batch: Sequence[Sequence[int]]) -> tuple[TokenIds, TokenIds]:
+        """Token ids padded to the batch's longest text, and the attention mask."""
         width = max(len(row) for row in batch)
-        ids = torch.full((len(batch), width), self._pad_id, dtype=torch.long)
-        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        ids = np.full((len(batch), width), self.pad_id, dtype=np.int64)
+        mask = np.zeros((len(batch), width), dtype=np.int64)
         for i, row in enumerate(batch):
-            ids[i, : len(row)] = torch.as_tensor(row, dtype=torch.long)
+            ids[i, : len(row)] = row
             mask[i, : len(row)] = 1
-        out = self.model.get_text_features(input_ids=ids.to(self._device), attention_mask=mask.to(self._device))
-        return self._to_numpy(out)
-
-    @torch.inference_mode()
-    def embed_images(self, batch: Sequence[Pixels]) -> Vectors:
-        pixels = torch.from_numpy(np.stack(batch)).to(self._device, self._dtype)
-        out = self.model.get_image_features(pixel_values=pixels)
-        return self._to_numpy(out)
+        return ids, mask
 
     @staticmethod
-    def _to_numpy(out: object) -> Vectors:
-        features = out.pooler_output if hasattr(out, "pooler_output") else out
-        assert isinstance(features, torch.Tensor)
-        return features.float().cpu().numpy()
+    def collate_images(batch: Sequence[Pixels]) -> NDArray[np.float32]:
+        return np.stack(batch)
 
-    def warmup(self) -> None:
-        """Run one batch of each kind so the first real request pays no one-off costs."""
-        side = self.transform.crop_height
-        blank = Image.new("RGB", (side, side), (127, 127, 127))
-        self.embed_images([self.preprocess(blank)])
-        self.embed_texts(self.tokenize(["a photo of a cat"]))
+
+class Model:
+    """A loaded model: its preprocessor (CPU, any thread) and its encoder (the model thread)."""
+
+    def __init__(self, preprocessor: Preprocessor, encoder: Encoder) -> None:
+        self.preprocessor = preprocessor
+        self.encoder = encoder
+
+    @property
+    def card(self) -> ModelCard:
+        return self.encoder.card
+
+    def embed_texts(self, batch: Sequence[Sequence[int]]) -> Vectors:
+        """A batch of tokenized texts, on the model thread."""
+        return self.encoder.embed_texts(*self.preprocessor.collate_texts(batch))
+
+    def embed_images(self, batch: Sequence[Pixels]) -> Vectors:
+        """A batch of preprocessed images, on the model thread."""
+        return self.encoder.embed_images(self.preprocessor.collate_images(batch))
+
+
+def load_model(cfg: ModelConfig) -> Model:
+    """Resolve the checkpoint, load the backend's encoder and the preprocessor. Raises ModelLoadError."""
+    started = time.perf_counter()
+    checkpoint = Checkpoint.read(resolve_checkpoint(cfg), cfg.id)
+    encoder = backend(cfg).load(checkpoint, cfg)
+    card = encoder.card
+    preprocessor = Preprocessor.load(checkpoint, card, truncate=cfg.truncate_text)
+    log.info(
+        "loaded %s from %s with %s on %s as %s in %.1f s",
+        cfg.id,
+        checkpoint.path,
+        cfg.backend,
+        card.device,
+        card.dtype,
+        time.perf_counter() - started,
+    )
+    return Model(preprocessor, encoder)

@@ -6,6 +6,7 @@ ClipgateError
  │   └─ SchemaError       422  the body does not match the operation's schema at all
  ├─ Unauthorized          401  credential missing or wrong
  ├─ UnknownModel          404  the request names a model that is not served
+ ├─ RouteNotFound         404  no route serves the path
  ├─ MethodNotAllowed      405  the route exists, the method does not; carries Allow
  ├─ RequestTimeout        408  the request body did not arrive within server.request_timeout_s
  ├─ PayloadTooLarge       413  body, image or item count over the limits
@@ -65,6 +66,11 @@ class Unauthorized(ClipgateError):
 class UnknownModel(ClipgateError):
     status = 404
     message = "The requested model is not served here."
+
+
+class RouteNotFound(ClipgateError):
+    status = 404
+    message = "Not found."
 
 
 class MethodNotAllowed(ClipgateError):

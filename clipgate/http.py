@@ -10,16 +10,16 @@ import random
 import re
 import uuid
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
-from typing import Any
+from dataclasses import dataclass
 
 import orjson
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from clipgate.adapter import Adapter, Body, Operation, Reply, ServerState
+from clipgate.adapter import Adapter, Body, Operation, ProtocolSettings, Reply
 from clipgate.canonical import EmbedRequest, EmbedResult, RequestMeta
-from clipgate.config import Config
+from clipgate.config import ServerConfig
 from clipgate.errors import (
     ClipgateError,
     DeadlineExceeded,
@@ -36,6 +36,7 @@ from clipgate.errors import (
 )
 from clipgate.multipart import parse_form
 from clipgate.service import EmbeddingService
+from clipgate.state import AppState
 
 log = logging.getLogger("clipgate.http")
 
@@ -45,125 +46,127 @@ MAX_MULTIPART_PARTS = 16
 REQUEST_ID_MAX = 100
 
 
-class Gateway(ServerState):
-    """The state every endpoint shares: the service once loaded, and whether it is ready."""
+@dataclass(frozen=True, slots=True)
+class Route:
+    """What one endpoint serves: the adapter, its operation, and the protocol's settings."""
 
-    def __init__(self, config: Config, version: str) -> None:
-        self.config = config
-        self.service: EmbeddingService | None = None
-        self._ready = False
-        self.draining = False  # SIGTERM: probes say not ready while requests in flight finish
-        self.inflight = 0  # embedding requests being read, decoded or waiting
-        self._version = version
-        self._instance_id = uuid.uuid4().hex
+    adapter: Adapter
+    op: Operation
+    settings: ProtocolSettings
+    limits: ServerConfig
 
     @property
-    def loaded(self) -> bool:
-        """The model is loaded and warm: embedding requests are served."""
-        return self._ready and self.service is not None
-
-    @property
-    def ready(self) -> bool:
-        """What readiness probes report: loaded, and not draining for shutdown."""
-        return self.loaded and not self.draining
-
-    def set_ready(self, ready: bool) -> None:
-        self._ready = ready
-
-    @property
-    def card(self) -> Any:
-        return self.service.card if self.service is not None else None
-
-    @property
-    def version(self) -> str:
-        return self._version
-
-    @property
-    def instance_id(self) -> str:
-        return self._instance_id
+    def keys(self) -> tuple[bytes, ...]:
+        return tuple(key.encode() for key in self.settings.keys)
 
 
-def make_endpoint(adapter: Adapter, op: Operation, gateway: Gateway) -> Endpoint:
-    keys = tuple(k.encode() for k in gateway.config.auth.keys_for(adapter.name))
-    limits = gateway.config.server
+def make_endpoint(
+    adapter: Adapter, op: Operation, settings: ProtocolSettings, limits: ServerConfig, state: AppState
+) -> Endpoint:
+    """The endpoint of one operation: every hook's failure is answered in the adapter's shape."""
+    route = Route(adapter, op, settings, limits)
     allowed = set(op.methods) | ({"HEAD"} if "GET" in op.methods else set())
 
     async def endpoint(request: Request) -> Response:
-        meta = _meta(request)
-        extra = dict(adapter.response_headers(meta))
+        meta = _meta(request, settings)
+        extra: Mapping[str, str] = {}
         try:
+            extra = dict(adapter.response_headers(meta))
             if meta.method not in allowed:
                 raise MethodNotAllowed(headers={"Allow": ", ".join(op.methods)})
             if len(meta.headers.get("x-request-id", "")) > REQUEST_ID_MAX:
                 raise HeaderTooLarge(f"x-request-id is longer than {REQUEST_ID_MAX} characters.")
             if op.respond is not None:
-                return _response(op.respond(gateway, meta), extra)
-            checked = not keys or op.public
-            if not checked:  # header and query channels: refuse before reading the body
-                early = adapter.credential(None, meta)
-                if early is not None or not adapter.body_credential:
-                    _authorize(early, keys)
-                    checked = True
-            if gateway.inflight >= limits.max_inflight_requests:
-                raise Overloaded(f"The server is handling {gateway.inflight} requests, its limit; retry later.")
-            gateway.inflight += 1
-            phase = ["reading"]  # which part of the request the deadline caught
-            try:
-                async with asyncio.timeout(limits.request_timeout_s):
-                    result, canonical = await _embed(request, op, adapter, meta, gateway, keys, checked, phase)
-            except TimeoutError as exc:
-                if phase[0] == "reading":  # the client's upload, not the server, is too slow
-                    raise RequestTimeout(
-                        f"The request body did not arrive within {limits.request_timeout_s:g} s."
-                    ) from exc
-                raise DeadlineExceeded(
-                    f"The request was not answered within {limits.request_timeout_s:g} s; retry later."
-                ) from exc
-            except ClientDisconnect:
-                log.info("%s %s: the client went away during its upload", meta.method, meta.path)
-                return Response(status_code=499)  # nobody reads this
-            finally:
-                gateway.inflight -= 1
-            if result is None:  # the client went away; nobody reads this
-                return Response(status_code=499)
-            assert op.render is not None
-            return _response(Reply(200, op.render(result, canonical)), extra)
+                return _response(op.respond(state, meta), extra)
+            return await _serve(route, state, request, meta, extra)
         except ClipgateError as err:
-            if err.status >= 500:
-                log.warning("%s %s -> %d %s", meta.method, meta.path, err.status, err.message)
-            return _response(adapter.render_error(err), extra, err)
+            return _error(route, meta, extra, err)
         except Exception:  # noqa: BLE001 - the traceback goes to the log, never to the caller
             log.exception("unhandled error on %s %s (request %s)", meta.method, meta.path, meta.request_id)
-            internal = InternalError()
-            return _response(adapter.render_error(internal), extra, internal)
+            return _error(route, meta, extra, InternalError())
 
     return endpoint
 
 
-async def _embed(
-    request: Request,
-    op: Operation,
-    adapter: Adapter,
-    meta: RequestMeta,
-    gateway: Gateway,
-    keys: tuple[bytes, ...],
-    checked: bool,
-    phase: list[str],
-) -> tuple[EmbedResult | None, EmbedRequest]:
-    """Read, authorize, parse and embed one request. None for a client that went away: its
-    queued work is dropped when the embedding task is cancelled."""
-    limits = gateway.config.server
-    body = await _read_body(request, op, adapter, meta, limits.max_body_bytes, limits.max_json_depth)
-    phase[0] = "serving"
-    if not checked:
-        _authorize(adapter.credential(body, meta), keys)
-    service = gateway.service
-    if not gateway.loaded or service is None:
-        raise NotReady()
-    assert op.parse is not None
-    canonical = op.parse(body, meta)
+def _error(route: Route, meta: RequestMeta, extra: Mapping[str, str], err: ClipgateError) -> Response:
+    if err.status >= 500:
+        log.warning("%s %s -> %d %s", meta.method, meta.path, err.status, err.message)
+    try:
+        reply = route.adapter.render_error(err)
+    except Exception:  # noqa: BLE001 - a broken renderer still gives the caller an answer
+        log.exception("%s render_error failed on %s", route.adapter.name, type(err).__name__)
+        reply = Reply(err.status, {"message": err.message})
+    return _response(reply, extra, err)
+
+
+async def _serve(
+    route: Route, state: AppState, request: Request, meta: RequestMeta, extra: Mapping[str, str]
+) -> Response:
+    """An embedding request, step by step: credential from headers or query, admission, the body
+    (within the deadline: 408), the credential from the body, then parse and embed (within what
+    is left of the deadline: 503), racing the client's disconnect."""
+    authorized = _early_credential(route, meta)
+    limits = route.limits
+    deadline = asyncio.get_running_loop().time() + limits.request_timeout_s
+    with _admitted(state, limits.max_inflight_requests):
+        try:
+            async with asyncio.timeout_at(deadline):
+                body = await _read_body(request, route.op, route.adapter, meta, limits)
+        except TimeoutError as exc:
+            raise RequestTimeout(f"The request body did not arrive within {limits.request_timeout_s:g} s.") from exc
+        except ClientDisconnect:
+            log.info("%s %s: the client went away during its upload", meta.method, meta.path)
+            return Response(status_code=499)  # nobody reads this
+        if not authorized:
+            _authorize(route.adapter.credential(body, meta), route.keys)
+        service = state.service
+        if service is None:
+            raise NotReady()
+        assert route.op.parse is not None and route.op.render is not None
+        canonical = route.op.parse(body, meta)
+        try:
+            async with asyncio.timeout_at(deadline):
+                result = await _embed_unless_gone(service, canonical, request.receive)
+        except TimeoutError as exc:
+            raise DeadlineExceeded(
+                f"The request was not answered within {limits.request_timeout_s:g} s; retry later."
+            ) from exc
+    if result is None:
+        log.info("%s %s: the client went away; its work was dropped", meta.method, meta.path)
+        return Response(status_code=499)  # nobody reads this
+    return _response(Reply(200, route.op.render(result, canonical)), extra)
+
+
+def _early_credential(route: Route, meta: RequestMeta) -> bool:
+    """Check a header or query credential before the body is read. False when the check has to
+    wait for the body (the adapter's clients may put the key there and sent none elsewhere)."""
+    if not route.settings.keys or route.op.public:
+        return True
+    credential = route.adapter.credential(None, meta)
+    if credential is None and route.adapter.body_credential:
+        return False
+    _authorize(credential, route.keys)
+    return True
+
+
+@contextlib.contextmanager
+def _admitted(state: AppState, limit: int) -> Iterator[None]:
+    """Count the request in flight, or refuse it when `limit` are already."""
+    if state.inflight >= limit:
+        raise Overloaded(f"The server is handling {state.inflight} requests, its limit; retry later.")
+    state.inflight += 1
+    try:
+        yield
+    finally:
+        state.inflight -= 1
+
+
+async def _embed_unless_gone(
+    service: EmbeddingService, canonical: EmbedRequest, receive: Receive
+) -> EmbedResult | None:
+    """The embedding, or None if the client disconnects first: its queued work is then dropped."""
     embedding = asyncio.ensure_future(service.embed(canonical))
-    gone = asyncio.ensure_future(_disconnected(request.receive))
+    gone = asyncio.ensure_future(_disconnected(receive))
     try:
         await asyncio.wait((embedding, gone), return_when=asyncio.FIRST_COMPLETED)
     finally:
@@ -172,10 +175,7 @@ async def _embed(
             embedding.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await embedding
-    if embedding.cancelled():
-        log.info("%s %s: the client went away; its work was dropped", meta.method, meta.path)
-        return None, canonical
-    return embedding.result(), canonical
+    return None if embedding.cancelled() else embedding.result()
 
 
 async def _disconnected(receive: Receive) -> None:
@@ -191,7 +191,7 @@ def new_request_id() -> str:
     return str(uuid.UUID(int=random.getrandbits(128), version=4))
 
 
-def _meta(request: Request) -> RequestMeta:
+def _meta(request: Request, settings: ProtocolSettings) -> RequestMeta:
     headers = {k.lower(): v for k, v in request.headers.items()}
     given = headers.get("x-request-id", "")
     request_id = given if 0 < len(given) <= REQUEST_ID_MAX else new_request_id()
@@ -204,6 +204,7 @@ def _meta(request: Request) -> RequestMeta:
         path_params={k: str(v) for k, v in request.path_params.items()},
         request_id=request_id,
         content_type=content_type,
+        settings=settings,
     )
 
 
@@ -219,8 +220,9 @@ def _authorize(credential: str | None, keys: Sequence[bytes]) -> None:
 
 
 async def _read_body(
-    request: Request, op: Operation, adapter: Adapter, meta: RequestMeta, limit: int, max_depth: int
+    request: Request, op: Operation, adapter: Adapter, meta: RequestMeta, limits: ServerConfig
 ) -> Body:
+    limit, max_depth = limits.max_body_bytes, limits.max_json_depth
     if op.body == "none":
         return None
     declared = meta.headers.get("content-length")

@@ -13,9 +13,9 @@ from clipgate import urls
 from clipgate.batcher import Batcher, Lane
 from clipgate.canonical import EmbedRequest, EmbedResult, ImageInput, ModelCard, TextInput
 from clipgate.config import Config
-from clipgate.engine import Engine
+from clipgate.cpu_turns import CpuTurns
+from clipgate.engine import Encoder, Model
 from clipgate.errors import ImageError, InvalidRequest, Overloaded, PayloadTooLarge, UnknownModel
-from clipgate.gate import ComputeGate
 from clipgate.images import ImageLimits, Pixels, decode_base64, decode_image, limit_pillow
 
 # A JPEG is decoded at reduced size only while its shortest side stays this many times the model's
@@ -35,10 +35,10 @@ def _done(value: T) -> asyncio.Future[T]:
 
 
 class EmbeddingService:
-    """Owns the engine, the batcher and the decode pool for the life of the app."""
+    """Owns the model, the batcher and the decode pool for the life of the app."""
 
-    def __init__(self, engine: Engine, config: Config, *, resolver: urls.Resolver = urls.system_resolver) -> None:
-        self.engine = engine
+    def __init__(self, model: Model, config: Config, *, resolver: urls.Resolver = urls.system_resolver) -> None:
+        self.model = model
         self.config = config
         images = config.images
         self._limits = ImageLimits(max_bytes=images.max_bytes, max_pixels=images.max_pixels, formats=images.formats)
@@ -58,13 +58,13 @@ class EmbeddingService:
         self._decode_pool = ThreadPoolExecutor(max_workers=images.decode_threads, thread_name_prefix="clipgate-decode")
         # URL fetches wait on the network: their own threads, so a slow host stalls no decoding.
         self._fetch_pool = ThreadPoolExecutor(max_workers=URL_FETCH_THREADS, thread_name_prefix="clipgate-fetch")
-        # On a CPU the model and the decoders take turns (see clipgate.gate); on a GPU they overlap.
-        self.gate = ComputeGate(enabled=engine.card.device == "cpu")
+        # On a CPU the model and the decoders take turns (see clipgate.cpu_turns); on a GPU they overlap.
+        self.turns = CpuTurns(enabled=model.card.device == "cpu")
         batching = config.batching
         self.batcher = Batcher(
             {
-                "image": Lane(run=self.gate.model(engine.embed_images), max_batch=batching.max_batch_images),
-                "text": Lane(run=self.gate.model(engine.embed_texts), max_batch=batching.max_batch_texts, size=len),
+                "image": Lane(run=self.turns.model(model.embed_images), max_batch=batching.max_batch_images),
+                "text": Lane(run=self.turns.model(model.embed_texts), max_batch=batching.max_batch_texts, size=len),
             },
             max_wait_s=batching.max_wait_ms / 1000,
             max_incoming_wait_s=batching.max_wait_incoming_ms / 1000,
@@ -72,7 +72,11 @@ class EmbeddingService:
 
     @property
     def card(self) -> ModelCard:
-        return self.engine.card
+        return self.model.card
+
+    @property
+    def encoder(self) -> Encoder:
+        return self.model.encoder
 
     def start(self) -> None:
         self.batcher.start()
@@ -83,7 +87,7 @@ class EmbeddingService:
         self._fetch_pool.shutdown(wait=False, cancel_futures=True)
 
     def check_model(self, requested: str | None) -> None:
-        card = self.engine.card
+        card = self.model.card
         if requested is not None and requested not in (card.alias, card.name):
             raise UnknownModel(f"Model {requested!r} is not served here; this server serves {card.alias!r}.")
 
@@ -104,7 +108,7 @@ class EmbeddingService:
         try:
             # Announced to the batcher, so a batch about to start waits for these rather than
             # leaving without them; on a CPU the decoding itself waits while a batch runs
-            # (clipgate.gate). Texts go in as soon as they are tokenized.
+            # (clipgate.cpu_turns). Texts go in as soon as they are tokenized.
             if texts:
                 with self.batcher.incoming("text", len(texts)):
                     (tokens,) = await self._all_in(self._decode_pool, self._tokenize, [[t for _, t in texts]])
@@ -173,7 +177,7 @@ class EmbeddingService:
                 )
 
     def _fetch(self, item: ImageInput) -> bytes | str:
-        """Runs in the decode pool, outside the gate: an image's bytes, base64 text, or its URL's content."""
+        """Runs in the fetch pool, outside the CPU turns: an image's bytes, base64 text, or its URL's content."""
         if item.base64 is not None:
             if len(item.base64) > self._limits.max_bytes * 4 // 3 + 4096:  # line breaks and a data: prefix fit
                 raise PayloadTooLarge(f"The image is over the limit of {self._limits.max_bytes} bytes.")
@@ -189,12 +193,12 @@ class EmbeddingService:
         return item.data
 
     def _tokenize(self, texts: list[str]) -> list[list[int]]:
-        with self.gate.decoding():
-            return self.engine.tokenize(texts)
+        with self.turns.decoding():
+            return self.model.preprocessor.tokenize(texts)
 
     def _decode(self, source: bytes | str) -> Pixels:
-        """Runs in the decode pool, inside the gate: base64, decode, verify and preprocess one image."""
-        with self.gate.decoding():
+        """Runs in the decode pool, on the decoders' turn: base64, decode, verify and preprocess one image."""
+        with self.turns.decoding():
             data = decode_base64(source) if isinstance(source, str) else source
-            reduce_to = math.ceil(REDUCED_DECODE_MARGIN * self.engine.card.image_size) if self._reduced_decode else None
-            return self.engine.preprocess(decode_image(data, self._limits, reduce_to=reduce_to))
+            reduce_to = math.ceil(REDUCED_DECODE_MARGIN * self.model.card.image_size) if self._reduced_decode else None
+            return self.model.preprocessor.preprocess(decode_image(data, self._limits, reduce_to=reduce_to))

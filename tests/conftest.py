@@ -1,4 +1,4 @@
-"""Shared fixtures: a tiny random CLIP checkpoint built on disk, its engine, and app clients."""
+"""Shared fixtures: a tiny random CLIP checkpoint built on disk, the model loaded from it, and app clients."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 from starlette.testclient import TestClient
 
-from clipgate import emulator
-from clipgate.app import create_app
+from clipgate import random_checkpoint
+from clipgate.app import create_app, load_app_config
 from clipgate.config import Config, ModelConfig
-from clipgate.engine import ClipEngine
+from clipgate.engine import Model, load_model
 
 
 @pytest.fixture(scope="session")
@@ -31,22 +31,22 @@ def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 @pytest.fixture(scope="session")
 def tiny_dir(cache_dir: Path) -> Path:
     """random:tiny, saved with save_pretrained and loaded back like any checkpoint folder."""
-    return emulator.checkpoint_dir("random:tiny", cache_dir)
+    return random_checkpoint.checkpoint_dir("random:tiny", cache_dir)
 
 
 @pytest.fixture(scope="session")
-def engine(tiny_dir: Path) -> ClipEngine:
-    return ClipEngine.load(ModelConfig(id="random:tiny", device="cpu", dtype="float32"))
+def model(tiny_dir: Path) -> Model:
+    return load_model(ModelConfig(id="random:tiny", device="cpu", dtype="float32"))
 
 
 def make_config(**sections: dict[str, object]) -> Config:
-    config = Config().replace("model", id="random:tiny", device="cpu", dtype="float32")
+    config = load_app_config().replace("model", id="random:tiny", device="cpu", dtype="float32")
     for name, changes in sections.items():
         config = config.replace(name, **changes)
     return config
 
 
 @pytest.fixture
-def client(engine: ClipEngine) -> Iterator[TestClient]:
-    with TestClient(create_app(make_config(), engine=engine)) as test_client:
+def client(model: Model) -> Iterator[TestClient]:
+    with TestClient(create_app(make_config(), model)) as test_client:
         yield test_client

@@ -79,7 +79,7 @@ def test_unknown_emulator_kind_names_the_valid_ones() -> None:
 def test_access_log_never_shows_a_key(path: str, expected: str) -> None:
     import logging
 
-    from clipgate.cli import RedactSecrets
+    from clipgate.runtime import RedactSecrets
 
     fmt = '%s - "%s %s HTTP/%s" %d'
     record = logging.LogRecord(

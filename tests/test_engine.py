@@ -1,4 +1,4 @@
-"""ClipEngine against the plain reference pipeline (Hugging Face CLIPModel + processor) on random:tiny.
+"""The loaded model (preprocessor + torch encoder) against the reference pipeline (CLIPModel + processor).
 
 The reference is what a user of `transformers` would write by hand: `CLIPModel.from_pretrained`
 on the same folder, the checkpoint's own image processor and tokenizer, float32, and
@@ -17,9 +17,9 @@ import torch
 from PIL import Image, ImageOps
 from safetensors.torch import load_file
 
-from clipgate import emulator
+from clipgate import random_checkpoint
 from clipgate.config import ModelConfig
-from clipgate.engine import ClipEngine, ModelLoadError, resolve_checkpoint
+from clipgate.engine import Model, ModelLoadError, load_model, resolve_checkpoint
 from clipgate.errors import InvalidRequest
 from clipgate.images import ImageLimits, decode_image
 from tests import imagegen
@@ -72,8 +72,8 @@ def ref(tiny_dir: Path) -> Reference:
 
 
 @pytest.fixture(scope="module")
-def truncating_engine(tiny_dir: Path) -> ClipEngine:
-    return ClipEngine.load(ModelConfig(id="random:tiny", device="cpu", dtype="float32", truncate_text=True))
+def truncating_model(tiny_dir: Path) -> Model:
+    return load_model(ModelConfig(id="random:tiny", device="cpu", dtype="float32", truncate_text=True))
 
 
 def cosine(a: np.ndarray, b: np.ndarray) -> float:
@@ -91,9 +91,9 @@ def reference_input(data: bytes) -> Image.Image:
 
 
 @pytest.mark.parametrize("name", VARIANT_PARAMS)
-def test_image_embedding_matches_reference(engine: ClipEngine, ref: Reference, name: str) -> None:
+def test_image_embedding_matches_reference(model: Model, ref: Reference, name: str) -> None:
     data = VARIANTS[name]
-    got = engine.embed_images([engine.preprocess(decode_image(data, ImageLimits()))])
+    got = model.embed_images([model.preprocessor.preprocess(decode_image(data, ImageLimits()))])
     assert got.shape == (1, DIM)
     assert got.dtype == np.float32
     want = ref.embed_image(reference_input(data))
@@ -101,16 +101,16 @@ def test_image_embedding_matches_reference(engine: ClipEngine, ref: Reference, n
 
 
 @pytest.mark.parametrize("name", VARIANT_PARAMS)
-def test_preprocess_matches_reference_pixels(engine: ClipEngine, ref: Reference, name: str) -> None:
+def test_preprocess_matches_reference_pixels(model: Model, ref: Reference, name: str) -> None:
     data = VARIANTS[name]
-    got = engine.preprocess(decode_image(data, ImageLimits()))
+    got = model.preprocessor.preprocess(decode_image(data, ImageLimits()))
     want = ref.pixels(reference_input(data))
     assert got.shape == want.shape == (3, 224, 224)
     assert got.dtype == np.float32
     assert float(np.abs(got - want).max()) < PIXEL_ATOL
 
 
-def test_png_16bit_is_scaled_not_clipped(engine: ClipEngine, ref: Reference) -> None:
+def test_png_16bit_is_scaled_not_clipped(model: Model, ref: Reference) -> None:
     # Pillow's convert("RGB") clips 16-bit samples at 255; clipgate keeps the high byte instead,
     # so the reference is run on the 8-bit picture the file holds.
     data, eight_bit = imagegen.png_16bit_gray()
@@ -119,14 +119,14 @@ def test_png_16bit_is_scaled_not_clipped(engine: ClipEngine, ref: Reference) -> 
     assert decoded.mode == "RGB"
     assert pixels.min() < 255 and pixels.mean() < 200  # not a white sheet
     assert np.array_equal(pixels[..., 0], np.asarray(eight_bit))
-    got = engine.embed_images([engine.preprocess(decoded)])[0]
+    got = model.embed_images([model.preprocessor.preprocess(decoded)])[0]
     assert cosine(got, ref.embed_image(eight_bit)) >= IMAGE_MIN_COSINE
-    assert float(np.abs(engine.preprocess(decoded) - ref.pixels(eight_bit)).max()) < PIXEL_ATOL
+    assert float(np.abs(model.preprocessor.preprocess(decoded) - ref.pixels(eight_bit)).max()) < PIXEL_ATOL
 
 
-def test_animated_gif_embeds_its_first_frame(engine: ClipEngine, ref: Reference) -> None:
+def test_animated_gif_embeds_its_first_frame(model: Model, ref: Reference) -> None:
     data = imagegen.animated_gif()
-    got = engine.embed_images([engine.preprocess(decode_image(data, ImageLimits()))])[0]
+    got = model.embed_images([model.preprocessor.preprocess(decode_image(data, ImageLimits()))])[0]
     frames = Image.open(io.BytesIO(data))
     assert frames.n_frames == 3
     first = ref.embed_image(frames.convert("RGB"))
@@ -136,25 +136,25 @@ def test_animated_gif_embeds_its_first_frame(engine: ClipEngine, ref: Reference)
     assert cosine(got, first) > cosine(got, second)
 
 
-def test_exif_rotated_jpeg_is_upright(engine: ClipEngine, ref: Reference) -> None:
+def test_exif_rotated_jpeg_is_upright(model: Model, ref: Reference) -> None:
     data = VARIANTS["exif-rotated"]
     stored = Image.open(io.BytesIO(data))
     decoded = decode_image(data, ImageLimits())
     assert stored.size == (300, 200)
     assert decoded.size == (stored.height, stored.width)
-    got = engine.embed_images([engine.preprocess(decoded)])[0]
+    got = model.embed_images([model.preprocessor.preprocess(decoded)])[0]
     upright = ref.embed_image(ImageOps.exif_transpose(stored))
     assert cosine(got, upright) >= IMAGE_MIN_COSINE
     assert cosine(got, upright) > cosine(got, ref.embed_image(stored.convert("RGB")))
 
 
-def test_image_batch_matches_single_images(engine: ClipEngine) -> None:
+def test_image_batch_matches_single_images(model: Model) -> None:
     names = ["jpeg", "png-gray", "tiny-1x1", "wide-2000x20"]
-    pixels = [engine.preprocess(decode_image(VARIANTS[n], ImageLimits())) for n in names]
-    batch = engine.embed_images(pixels)
+    pixels = [model.preprocessor.preprocess(decode_image(VARIANTS[n], ImageLimits())) for n in names]
+    batch = model.embed_images(pixels)
     assert batch.shape == (len(names), DIM)
     for i, one in enumerate(pixels):
-        assert cosine(batch[i], engine.embed_images([one])[0]) >= 0.99999
+        assert cosine(batch[i], model.embed_images([one])[0]) >= 0.99999
 
 
 # --- texts -------------------------------------------------------------------------------------
@@ -170,8 +170,8 @@ TEXTS = [
 ]
 
 
-def test_tokenize_pads_nothing(engine: ClipEngine, ref: Reference) -> None:
-    rows = engine.tokenize(TEXTS)
+def test_tokenize_pads_nothing(model: Model, ref: Reference) -> None:
+    rows = model.preprocessor.tokenize(TEXTS)
     assert len(rows) == len(TEXTS)
     bos, eos = ref.tokenizer.bos_token_id, ref.tokenizer.eos_token_id
     for text, row in zip(TEXTS, rows, strict=True):
@@ -183,18 +183,18 @@ def test_tokenize_pads_nothing(engine: ClipEngine, ref: Reference) -> None:
     assert rows[1] == [bos, eos]
 
 
-def test_text_batch_equals_each_text_alone(engine: ClipEngine) -> None:
-    rows = engine.tokenize(TEXTS)
-    batch = engine.embed_texts(rows)
+def test_text_batch_equals_each_text_alone(model: Model) -> None:
+    rows = model.preprocessor.tokenize(TEXTS)
+    batch = model.embed_texts(rows)
     assert batch.shape == (len(TEXTS), DIM)
     for i, row in enumerate(rows):
-        alone = engine.embed_texts([row])[0]
+        alone = model.embed_texts([row])[0]
         assert cosine(batch[i], alone) >= TEXT_MIN_COSINE
         np.testing.assert_allclose(batch[i], alone, rtol=0, atol=1e-4)
 
 
-def test_text_embeddings_match_reference(engine: ClipEngine, ref: Reference) -> None:
-    got = engine.embed_texts(engine.tokenize(TEXTS))
+def test_text_embeddings_match_reference(model: Model, ref: Reference) -> None:
+    got = model.embed_texts(model.preprocessor.tokenize(TEXTS))
     want = ref.embed_texts(TEXTS)
     assert got.shape == want.shape == (len(TEXTS), DIM)
     for i in range(len(TEXTS)):
@@ -203,29 +203,29 @@ def test_text_embeddings_match_reference(engine: ClipEngine, ref: Reference) -> 
     assert cosine(got[0], got[5]) < 0.999
 
 
-def test_text_of_exactly_77_tokens_is_accepted(engine: ClipEngine) -> None:
-    rows = engine.tokenize(["word " * (MAX_TOKENS - 2)])
+def test_text_of_exactly_77_tokens_is_accepted(model: Model) -> None:
+    rows = model.preprocessor.tokenize(["word " * (MAX_TOKENS - 2)])
     assert len(rows[0]) == MAX_TOKENS
-    assert engine.embed_texts(rows).shape == (1, DIM)
+    assert model.embed_texts(rows).shape == (1, DIM)
 
 
-def test_text_over_77_tokens_is_refused(engine: ClipEngine) -> None:
+def test_text_over_77_tokens_is_refused(model: Model) -> None:
     with pytest.raises(InvalidRequest) as caught:
-        engine.tokenize(["fine", "word " * (MAX_TOKENS - 1)])
+        model.preprocessor.tokenize(["fine", "word " * (MAX_TOKENS - 1)])
     assert caught.value.status == 400
     assert "77" in caught.value.message
     assert "truncate_text" in caught.value.message
     assert "index 1" in caught.value.message
 
 
-def test_truncating_engine_cuts_long_text_to_77_tokens(truncating_engine: ClipEngine, ref: Reference) -> None:
+def test_truncating_model_cuts_long_text_to_77_tokens(truncating_model: Model, ref: Reference) -> None:
     long_text = "a very long caption about many things " * 20
-    rows = truncating_engine.tokenize([long_text, "short"])
+    rows = truncating_model.preprocessor.tokenize([long_text, "short"])
     assert len(rows[0]) == MAX_TOKENS
     assert rows[0][0] == ref.tokenizer.bos_token_id
     assert rows[0][-1] == ref.tokenizer.eos_token_id
     assert rows[1] == ref.tokenizer("short")["input_ids"]
-    got = truncating_engine.embed_texts(rows)
+    got = truncating_model.embed_texts(rows)
     assert got.shape == (2, DIM) and np.isfinite(got).all()
     want = ref.embed_texts([long_text], truncation=True, max_length=MAX_TOKENS)[0]
     assert cosine(got[0], want) >= TEXT_MIN_COSINE
@@ -234,9 +234,11 @@ def test_truncating_engine_cuts_long_text_to_77_tokens(truncating_engine: ClipEn
 # --- output contract ---------------------------------------------------------------------------
 
 
-def test_outputs_are_unnormalized_float32(engine: ClipEngine) -> None:
-    images = engine.embed_images([engine.preprocess(decode_image(VARIANTS[n], ImageLimits())) for n in ("jpeg", "bmp")])
-    texts = engine.embed_texts(engine.tokenize(["a dog", "a cat", ""]))
+def test_outputs_are_unnormalized_float32(model: Model) -> None:
+    images = model.embed_images(
+        [model.preprocessor.preprocess(decode_image(VARIANTS[n], ImageLimits())) for n in ("jpeg", "bmp")]
+    )
+    texts = model.embed_texts(model.preprocessor.tokenize(["a dog", "a cat", ""]))
     for out, n in ((images, 2), (texts, 3)):
         assert out.shape == (n, DIM)
         assert out.dtype == np.float32
@@ -245,12 +247,12 @@ def test_outputs_are_unnormalized_float32(engine: ClipEngine) -> None:
         assert np.all(np.abs(norms - 1.0) > 0.1), norms
 
 
-def test_embedding_is_deterministic(engine: ClipEngine) -> None:
-    pixels = [engine.preprocess(decode_image(VARIANTS[n], ImageLimits())) for n in ("jpeg", "png-rgb")]
-    assert np.array_equal(engine.embed_images(pixels), engine.embed_images(pixels))
-    rows = engine.tokenize(TEXTS)
-    assert np.array_equal(engine.embed_texts(rows), engine.embed_texts(rows))
-    again = engine.preprocess(decode_image(VARIANTS["jpeg"], ImageLimits()))
+def test_embedding_is_deterministic(model: Model) -> None:
+    pixels = [model.preprocessor.preprocess(decode_image(VARIANTS[n], ImageLimits())) for n in ("jpeg", "png-rgb")]
+    assert np.array_equal(model.embed_images(pixels), model.embed_images(pixels))
+    rows = model.preprocessor.tokenize(TEXTS)
+    assert np.array_equal(model.embed_texts(rows), model.embed_texts(rows))
+    again = model.preprocessor.preprocess(decode_image(VARIANTS["jpeg"], ImageLimits()))
     assert np.array_equal(pixels[0], again)
 
 
@@ -258,8 +260,8 @@ def test_embedding_is_deterministic(engine: ClipEngine) -> None:
 
 
 def test_emulator_checkpoint_is_deterministic(tmp_path: Path) -> None:
-    first = emulator.checkpoint_dir("random:tiny", tmp_path / "a")
-    second = emulator.checkpoint_dir("random:tiny", tmp_path / "b")
+    first = random_checkpoint.checkpoint_dir("random:tiny", tmp_path / "a")
+    second = random_checkpoint.checkpoint_dir("random:tiny", tmp_path / "b")
     assert first != second
     left, right = load_file(first / "model.safetensors"), load_file(second / "model.safetensors")
     assert left.keys() == right.keys() and len(left) > 10
@@ -268,13 +270,13 @@ def test_emulator_checkpoint_is_deterministic(tmp_path: Path) -> None:
     assert (first / "config.json").read_text() == (second / "config.json").read_text()
     assert (first / "preprocessor_config.json").read_text() == (second / "preprocessor_config.json").read_text()
     # built once: a second call reuses the folder
-    assert emulator.checkpoint_dir("random:tiny", tmp_path / "a") == first
+    assert random_checkpoint.checkpoint_dir("random:tiny", tmp_path / "a") == first
     assert not [p for p in (tmp_path / "a").iterdir() if p.name.startswith(".random-")]  # no staging left
 
 
 def test_emulator_unknown_kind_names_valid_kinds(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="random:huge") as caught:
-        emulator.checkpoint_dir("random:huge", tmp_path)
+        random_checkpoint.checkpoint_dir("random:huge", tmp_path)
     assert "random:tiny" in str(caught.value) and "random:base" in str(caught.value)
     assert list(tmp_path.iterdir()) == []  # refused before building anything
     with pytest.raises(ModelLoadError, match="random:tiny"):
@@ -303,35 +305,33 @@ def test_uncached_hub_id_without_downloads_is_a_load_error(monkeypatch: pytest.M
     ("dtype", "floor"),
     [pytest.param("bfloat16", 0.999, id="bfloat16"), pytest.param("float16", 0.9999, id="float16")],
 )
-def test_reduced_precision_weights_stay_near_float32(
-    tiny_dir: Path, engine: ClipEngine, dtype: str, floor: float
-) -> None:
-    low = ClipEngine.load(ModelConfig(id="random:tiny", device="cpu", dtype=dtype))
+def test_reduced_precision_weights_stay_near_float32(tiny_dir: Path, model: Model, dtype: str, floor: float) -> None:
+    low = load_model(ModelConfig(id="random:tiny", device="cpu", dtype=dtype))
     assert low.card.dtype == dtype
-    pixels = engine.preprocess(decode_image(imagegen.jpeg(seed=4), ImageLimits()))
-    tokens = engine.tokenize(["a photo of a cat", "a dog"])
+    pixels = model.preprocessor.preprocess(decode_image(imagegen.jpeg(seed=4), ImageLimits()))
+    tokens = model.preprocessor.tokenize(["a photo of a cat", "a dog"])
     for got, want in (
-        (low.embed_images([pixels]), engine.embed_images([pixels])),
-        (low.embed_texts(tokens), engine.embed_texts(tokens)),
+        (low.embed_images([pixels]), model.embed_images([pixels])),
+        (low.embed_texts(tokens), model.embed_texts(tokens)),
     ):
         assert got.dtype == np.float32  # served as float32 whatever the weights are
         assert min(cosine(g, w) for g, w in zip(got, want, strict=True)) >= floor
 
 
 @pytest.mark.parametrize("size", [(1024, 768), (3000, 2000), (700, 1500)], ids=lambda s: f"{s[0]}x{s[1]}")
-def test_reduced_jpeg_decode_keeps_reference_parity(engine: ClipEngine, ref: Reference, size: tuple[int, int]) -> None:
+def test_reduced_jpeg_decode_keeps_reference_parity(model: Model, ref: Reference, size: tuple[int, int]) -> None:
     """The service decodes big JPEGs at reduced size (REDUCED_DECODE_MARGIN x the model's side)."""
     import math
 
     from clipgate.service import REDUCED_DECODE_MARGIN
 
     data = imagegen.jpeg(seed=11, width=size[0], height=size[1])
-    reduce_to = math.ceil(REDUCED_DECODE_MARGIN * engine.card.image_size)
+    reduce_to = math.ceil(REDUCED_DECODE_MARGIN * model.card.image_size)
     decoded = decode_image(data, ImageLimits(), reduce_to=reduce_to)
     assert decoded.size != size  # the shortcut was taken
-    pixels = engine.preprocess(decoded)
+    pixels = model.preprocessor.preprocess(decoded)
     # Mean gap to the reference's pixels, measured: <= 0.0017 (an eighth of a grey level); a
     # decode one step smaller (margin 1.0 at 3000x2000, 0.5 at the others) is 0.003 or more.
     assert float(np.abs(pixels - ref.pixels(reference_input(data))).mean()) < 0.0025
-    got = engine.embed_images([pixels])[0]
+    got = model.embed_images([pixels])[0]
     assert cosine(got, ref.embed_image(reference_input(data))) >= 0.99999

@@ -26,7 +26,7 @@ from hypothesis import strategies as st
 from starlette.testclient import TestClient
 
 from clipgate.app import create_app
-from clipgate.engine import ClipEngine
+from clipgate.engine import Model
 from tests import hostile_inputs as h
 from tests import imagegen
 from tests.conftest import make_config
@@ -251,17 +251,17 @@ def no_network(network_attempts: list[str]) -> Iterator[None]:
 
 
 @pytest.fixture(scope="module")
-def gateway(engine: ClipEngine, network_attempts: list[str]) -> Iterator[TestClient]:
-    with TestClient(create_app(make_config(), engine=engine), raise_server_exceptions=False) as client:
+def gateway(model: Model, network_attempts: list[str]) -> Iterator[TestClient]:
+    with TestClient(create_app(make_config(), model), raise_server_exceptions=False) as client:
         for route in ROUTES:  # warm: the first case's time and memory are then its own
             assert_serves(client, route)
         yield client
 
 
 @pytest.fixture(scope="module")
-def small_gateway(engine: ClipEngine, network_attempts: list[str]) -> Iterator[TestClient]:
+def small_gateway(model: Model, network_attempts: list[str]) -> Iterator[TestClient]:
     config = make_config(server={"max_body_bytes": SMALL_BODY_LIMIT})
-    with TestClient(create_app(config, engine=engine), raise_server_exceptions=False) as client:
+    with TestClient(create_app(config, model), raise_server_exceptions=False) as client:
         yield client
 
 
@@ -672,11 +672,11 @@ def test_url_input_is_refused_without_network_access(
 test_urls_then_still_serves = serves_after_the_group(URL_ROUTES)
 
 
-def test_the_network_guard_sees_an_attempt(engine: ClipEngine, network_attempts: list[str]) -> None:
+def test_the_network_guard_sees_an_attempt(model: Model, network_attempts: list[str]) -> None:
     """With URLs turned on, the server does reach for the network, and the guard records it: so
     an empty record in the tests above means no attempt was made, not that none was seen."""
     config = make_config(images={"allow_url": True})
-    with TestClient(create_app(config, engine=engine), raise_server_exceptions=False) as client:
+    with TestClient(create_app(config, model), raise_server_exceptions=False) as client:
         route = BY_NAME["rf-embed_image"]
         assert route.url is not None
         response, _ = send(client, route, {"json": route.url("https://example.com/cat.jpg")})

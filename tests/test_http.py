@@ -14,7 +14,7 @@ from starlette.testclient import TestClient
 
 from clipgate.app import create_app
 from clipgate.canonical import ModelCard
-from clipgate.engine import ClipEngine
+from clipgate.engine import Encoder, Model, load_model
 from tests import imagegen
 from tests.conftest import make_config
 
@@ -31,9 +31,9 @@ def azure_text(*texts: str) -> dict[str, Any]:
 
 
 @pytest.fixture
-def auth_client(engine: ClipEngine) -> Iterator[TestClient]:
-    config = make_config(auth={"sambastudio_keys": ("other", KEY), "azureml_keys": (KEY,), "roboflow_keys": (KEY,)})
-    with TestClient(create_app(config, engine=engine)) as client:
+def auth_client(model: Model) -> Iterator[TestClient]:
+    config = make_config(sambastudio={"keys": ("other", KEY)}, azureml={"keys": (KEY,)}, roboflow={"keys": (KEY,)})
+    with TestClient(create_app(config, model)) as client:
         yield client
 
 
@@ -97,9 +97,9 @@ def test_keys_never_reach_the_log(auth_client: TestClient, caplog: pytest.LogCap
 
 
 @pytest.fixture
-def small_client(engine: ClipEngine) -> Iterator[TestClient]:
+def small_client(model: Model) -> Iterator[TestClient]:
     config = make_config(server={"max_body_bytes": 4096, "max_texts": 3, "max_images": 1, "max_text_chars": 100})
-    with TestClient(create_app(config, engine=engine)) as client:
+    with TestClient(create_app(config, model)) as client:
         yield client
 
 
@@ -145,8 +145,8 @@ def test_long_text_is_400_unless_truncation_is_on(client: TestClient, tiny_dir: 
     long_text = "photograph " * 100
     refused = client.post("/clip/embed_text", json=rf_text(long_text))
     assert refused.status_code == 400 and "77" in refused.json()["message"]
-    truncating = ClipEngine.load(make_config(model={"truncate_text": True}).model)
-    with TestClient(create_app(make_config(), engine=truncating)) as other:
+    truncating = load_model(make_config(model={"truncate_text": True}).model)
+    with TestClient(create_app(make_config(), truncating)) as other:
         accepted = other.post("/clip/embed_text", json=rf_text(long_text))
     assert accepted.status_code == 200 and len(accepted.json()["embeddings"][0]) == 512
 
@@ -154,19 +154,19 @@ def test_long_text_is_400_unless_truncation_is_on(client: TestClient, tiny_dir: 
 # --- routing ----------------------------------------------------------------------------------
 
 
-def test_prefix_moves_and_disable_removes_a_vendor(engine: ClipEngine) -> None:
+def test_prefix_moves_and_disable_removes_a_vendor(model: Model) -> None:
     config = make_config(roboflow={"prefix": "/rf"}, sambastudio={"enabled": False})
-    with TestClient(create_app(config, engine=engine)) as client:
+    with TestClient(create_app(config, model)) as client:
         assert client.post("/rf/clip/embed_text", json=rf_text()).status_code == 200
         assert client.post("/clip/embed_text", json=rf_text()).status_code == 404
         assert client.post("/api/predict/nlp/p/e", json={"inputs": ["x"]}).status_code == 404
         assert client.get("/rf/readiness").json() == {"status": "ready"}
 
 
-def test_two_vendors_on_one_path_is_a_startup_error(engine: ClipEngine) -> None:
+def test_two_vendors_on_one_path_is_a_startup_error(model: Model) -> None:
     # Under the prefix "/info", Azure's liveness route GET / lands on Roboflow's GET /info.
     with pytest.raises(ValueError, match="/info is served by both"):
-        create_app(make_config(azureml={"prefix": "/info"}), engine=engine)
+        create_app(make_config(azureml={"prefix": "/info"}), model)
 
 
 def test_unknown_route_and_method(client: TestClient) -> None:
@@ -204,33 +204,23 @@ def test_not_ready_until_loaded_and_a_failed_load_is_reported(tmp_path: Any) -> 
     assert len(lines) == 1 and "--model DIR" in lines[0] and "random:tiny" in lines[0]
 
 
-class FlakyEngine:
-    """Delegates to the real engine; fails the batches it is told to."""
+class FlakyModel(Model):
+    """The real model; fails the text batches it is told to."""
 
-    def __init__(self, inner: ClipEngine) -> None:
-        self.inner = inner
-        self.card: ModelCard = inner.card
+    def __init__(self, inner: Model) -> None:
+        super().__init__(inner.preprocessor, inner.encoder)
         self.fail_next = threading.Event()
-
-    def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
-        return self.inner.tokenize(texts)
-
-    def preprocess(self, image: Any) -> np.ndarray:
-        return self.inner.preprocess(image)
 
     def embed_texts(self, batch: Sequence[Sequence[int]]) -> np.ndarray:
         if self.fail_next.is_set():
             self.fail_next.clear()
             raise RuntimeError("CUDA error: secret internals /srv/model/weights")
-        return self.inner.embed_texts(batch)
-
-    def embed_images(self, batch: Sequence[np.ndarray]) -> np.ndarray:
-        return self.inner.embed_images(batch)
+        return super().embed_texts(batch)
 
 
-def test_a_model_error_fails_its_request_and_the_server_goes_on(engine: ClipEngine) -> None:
-    flaky = FlakyEngine(engine)
-    with TestClient(create_app(make_config(), engine=flaky)) as client:
+def test_a_model_error_fails_its_request_and_the_server_goes_on(model: Model) -> None:
+    flaky = FlakyModel(model)
+    with TestClient(create_app(make_config(), flaky)) as client:
         flaky.fail_next.set()
         failed = client.post("/clip/embed_text", json=rf_text())
         assert failed.status_code == 500 and failed.json() == {"message": "Internal error."}
@@ -334,9 +324,9 @@ def test_roboflow_model_names(client: TestClient) -> None:
     assert registry["models"][0]["model_id"] == "clip/ViT-B-32"
 
 
-def test_vectors_are_raw_float32_values(client: TestClient, engine: ClipEngine) -> None:
+def test_vectors_are_raw_float32_values(client: TestClient, model: Model) -> None:
     vector = client.post("/api/predict/nlp/p/e", json={"inputs": ["a cat"]}).json()["data"][0]
-    direct = engine.embed_texts(engine.tokenize(["a cat"]))[0]
+    direct = model.embed_texts(model.preprocessor.tokenize(["a cat"]))[0]
     assert np.array_equal(np.asarray(vector, dtype=np.float32), direct)
     assert abs(float(np.linalg.norm(direct)) - 1.0) > 1e-3  # not normalized
 
@@ -355,7 +345,7 @@ def multipart(
     return b"".join(chunks) + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
 
 
-def test_image_in_a_plain_field_keeps_its_bytes(client: TestClient, engine: ClipEngine) -> None:
+def test_image_in_a_plain_field_keeps_its_bytes(client: TestClient, model: Model) -> None:
     # curl -F 'predict_file=<cat.jpg' sends the image as a field with no filename.
     jpeg = imagegen.jpeg(seed=3)
     assert b"\xff" in jpeg  # bytes that are not valid UTF-8 survive
@@ -418,14 +408,31 @@ def test_sambastudio_body_errors_are_400(client: TestClient, body: bytes, messag
         assert response.json()["error"] == message
 
 
-class WarmupFails(FlakyEngine):
+class WarmupFails:
+    """An encoder whose warm-up fails, as a GPU out of memory would."""
+
+    def __init__(self, inner: Encoder) -> None:
+        self.inner = inner
+        self.card: ModelCard = inner.card
+
+    def embed_texts(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        return self.inner.embed_texts(ids, mask)
+
+    def embed_images(self, pixels: np.ndarray) -> np.ndarray:
+        return self.inner.embed_images(pixels)
+
     def warmup(self) -> None:
         raise RuntimeError("CUDA out of memory")
 
+    def health(self) -> str | None:
+        return None
 
-def test_a_failed_warm_up_is_fatal_not_a_silent_503(engine: ClipEngine) -> None:
+
+def test_a_failed_warm_up_is_fatal_not_a_silent_503(model: Model) -> None:
     lines: list[str] = []
-    with TestClient(create_app(make_config(), engine=WarmupFails(engine), on_fatal=lines.append)) as client:
+    with TestClient(
+        create_app(make_config(), Model(model.preprocessor, WarmupFails(model.encoder)), on_fatal=lines.append)
+    ) as client:
         assert client.get("/readiness").status_code == 503
     assert len(lines) == 1 and "CUDA out of memory" in lines[0]
 
@@ -458,17 +465,17 @@ def test_unknown_model_is_reported_before_the_images_are_read(client: TestClient
     assert response.json()["message"].startswith("Requested Roboflow resource not found.")
 
 
-def test_base64_over_the_image_byte_limit_is_413_before_decoding(engine: ClipEngine) -> None:
-    with TestClient(create_app(make_config(images={"max_bytes": 1000}), engine=engine)) as client:
+def test_base64_over_the_image_byte_limit_is_413_before_decoding(model: Model) -> None:
+    with TestClient(create_app(make_config(images={"max_bytes": 1000}), model)) as client:
         response = client.post("/clip/embed_image", json={"image": {"type": "base64", "value": "A" * 8000}})
     assert response.status_code == 413
 
 
-def test_json_nested_past_the_limit_is_refused_in_each_vendors_shape(engine: ClipEngine) -> None:
+def test_json_nested_past_the_limit_is_refused_in_each_vendors_shape(model: Model) -> None:
     deep: Any = "a photo of a cat"
     for _ in range(40):
         deep = {"x": deep}
-    with TestClient(create_app(make_config(server={"max_json_depth": 32}), engine=engine)) as client:
+    with TestClient(create_app(make_config(server={"max_json_depth": 32}), model)) as client:
         roboflow = client.post("/clip/embed_text", json={"text": "x", "extra": deep})
         assert roboflow.status_code == 422 and "deeper than 32" in str(roboflow.json())
         azure = client.post("/score", json={"input_data": deep})

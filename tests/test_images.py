@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image, ImageFile, ImageOps
 
-from clipgate import emulator
+from clipgate import random_checkpoint
 from clipgate.errors import ImageError, PayloadTooLarge
 from clipgate.images import DEFAULT_FORMATS, ImageLimits, ImageTransform, decode_image
 from tests import imagegen
@@ -62,7 +62,7 @@ def no_pixel_decoding(monkeypatch: pytest.MonkeyPatch) -> None:
 def reference_processor() -> object:
     from transformers import CLIPImageProcessorPil
 
-    return CLIPImageProcessorPil(**emulator.PREPROCESSOR_CONFIG)
+    return CLIPImageProcessorPil(**random_checkpoint.PREPROCESSOR_CONFIG)
 
 
 # --- decoding ----------------------------------------------------------------------------------
@@ -331,7 +331,7 @@ SHAPES = {
 @pytest.mark.parametrize("name", [pytest.param(n, id=n) for n in SHAPES])
 def test_transform_matches_reference_processor(name: str, reference_processor: object) -> None:
     image = SHAPES[name]
-    out = ImageTransform.from_processor_config(emulator.PREPROCESSOR_CONFIG)(image)
+    out = ImageTransform.from_processor_config(random_checkpoint.PREPROCESSOR_CONFIG)(image)
     assert out.shape == (3, 224, 224)
     assert out.dtype == np.float32
     assert out.flags["C_CONTIGUOUS"]
@@ -343,7 +343,7 @@ def test_transform_follows_a_non_default_config() -> None:
     from transformers import CLIPImageProcessorPil
 
     cfg = {
-        **emulator.PREPROCESSOR_CONFIG,
+        **random_checkpoint.PREPROCESSOR_CONFIG,
         "size": {"shortest_edge": 256},
         "crop_size": {"height": 240, "width": 200},
         "image_mean": [0.5, 0.5, 0.5],
@@ -360,7 +360,7 @@ def test_transform_follows_a_non_default_config() -> None:
 
 
 def test_transform_reads_the_emulator_config_as_the_clip_defaults() -> None:
-    assert ImageTransform.from_processor_config(emulator.PREPROCESSOR_CONFIG) == ImageTransform()
+    assert ImageTransform.from_processor_config(random_checkpoint.PREPROCESSOR_CONFIG) == ImageTransform()
 
 
 @pytest.mark.parametrize(
@@ -374,7 +374,7 @@ def test_transform_reads_the_emulator_config_as_the_clip_defaults() -> None:
 )
 def test_transform_refuses_configs_it_cannot_honour(change: dict[str, object]) -> None:
     with pytest.raises(ValueError):
-        ImageTransform.from_processor_config({**emulator.PREPROCESSOR_CONFIG, **change})
+        ImageTransform.from_processor_config({**random_checkpoint.PREPROCESSOR_CONFIG, **change})
 
 
 @pytest.mark.parametrize("height", [pytest.param(3_000, id="1x3000"), pytest.param(30_000, id="1x30000")])

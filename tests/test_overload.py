@@ -18,36 +18,25 @@ import uvicorn
 from starlette.testclient import TestClient
 
 from clipgate.app import create_app
-from clipgate.canonical import ModelCard
-from clipgate.engine import ClipEngine
-from clipgate.http import Gateway
+from clipgate.engine import Model
+from clipgate.state import AppState
 from tests.conftest import make_config
 
 
-class GatedEngine:
-    """The real engine, except that text batches wait at a gate and are recorded."""
+class GatedModel(Model):
+    """The real model, except that text batches wait at a gate and are recorded."""
 
-    def __init__(self, inner: ClipEngine) -> None:
-        self.inner = inner
-        self.card: ModelCard = inner.card
+    def __init__(self, inner: Model) -> None:
+        super().__init__(inner.preprocessor, inner.encoder)
         self.gate = threading.Event()
         self.entered = threading.Event()
         self.batches: list[list[list[int]]] = []
-
-    def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
-        return self.inner.tokenize(texts)
-
-    def preprocess(self, image: Any) -> np.ndarray:
-        return self.inner.preprocess(image)
 
     def embed_texts(self, batch: Sequence[Sequence[int]]) -> np.ndarray:
         self.entered.set()
         assert self.gate.wait(20), "the test never opened the gate"
         self.batches.append([list(row) for row in batch])
-        return self.inner.embed_texts(batch)
-
-    def embed_images(self, batch: Sequence[np.ndarray]) -> np.ndarray:
-        return self.inner.embed_images(batch)
+        return super().embed_texts(batch)
 
 
 def wait_until(condition: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
@@ -74,9 +63,9 @@ def live(app: Any) -> Iterator[int]:
         thread.join(20)
 
 
-def gateway_of(client: TestClient) -> Gateway:
-    gateway: Gateway = client.app.state.gateway  # type: ignore[attr-defined]
-    return gateway
+def state_of(client: TestClient) -> AppState:
+    state: AppState = client.app.state.clipgate  # type: ignore[attr-defined]
+    return state
 
 
 def in_threads(calls: list[Callable[[], Any]]) -> tuple[list[threading.Thread], dict[int, Any]]:
@@ -92,16 +81,16 @@ def in_threads(calls: list[Callable[[], Any]]) -> tuple[list[threading.Thread], 
 
 
 @pytest.fixture
-def gated(engine: ClipEngine) -> Iterator[GatedEngine]:
-    gated = GatedEngine(engine)
+def gated(model: Model) -> Iterator[GatedModel]:
+    gated = GatedModel(model)
     yield gated
     gated.gate.set()
 
 
-def test_past_the_queue_bound_every_vendor_gets_its_overload_answer(gated: GatedEngine) -> None:
+def test_past_the_queue_bound_every_vendor_gets_its_overload_answer(gated: GatedModel) -> None:
     config = make_config(server={"max_queued_texts": 3}, batching={"max_batch_texts": 1})
-    with TestClient(create_app(config, engine=gated)) as client:
-        batcher = gateway_of(client).service.batcher  # type: ignore[union-attr]
+    with TestClient(create_app(config, gated)) as client:
+        batcher = state_of(client).service.batcher  # type: ignore[union-attr]
         post = lambda text: lambda: client.post("/clip/embed_text", json={"text": text})  # noqa: E731
         threads, results = in_threads([post("running")])
         assert gated.entered.wait(10)  # the first text holds the model
@@ -127,9 +116,9 @@ def test_past_the_queue_bound_every_vendor_gets_its_overload_answer(gated: Gated
         assert client.post("/clip/embed_text", json={"text": "after"}).status_code == 200
 
 
-def test_a_request_past_its_deadline_is_answered_and_its_work_dropped(gated: GatedEngine) -> None:
+def test_a_request_past_its_deadline_is_answered_and_its_work_dropped(gated: GatedModel) -> None:
     config = make_config(server={"request_timeout_s": 0.5}, batching={"max_batch_texts": 1})
-    with TestClient(create_app(config, engine=gated)) as client:
+    with TestClient(create_app(config, gated)) as client:
         threads, results = in_threads([lambda: client.post("/clip/embed_text", json={"text": "holds the model"})])
         assert gated.entered.wait(10)
         started = time.monotonic()
@@ -146,32 +135,32 @@ def test_a_request_past_its_deadline_is_answered_and_its_work_dropped(gated: Gat
         assert after.status_code == 200, after.text
         # The holder outlived its deadline too, inside a running batch: answered 503 all the same.
         assert results[0].status_code == 503, results[0].text
-    late_tokens = gated.inner.tokenize(["a text that waits too long"])[0]
+    late_tokens = gated.preprocessor.tokenize(["a text that waits too long"])[0]
     assert late_tokens not in [row for batch in gated.batches for row in batch]  # never reached the model
 
 
-def test_in_flight_requests_are_bounded_before_their_bodies_are_read(gated: GatedEngine) -> None:
+def test_in_flight_requests_are_bounded_before_their_bodies_are_read(gated: GatedModel) -> None:
     config = make_config(server={"max_inflight_requests": 2})
-    with TestClient(create_app(config, engine=gated)) as client:
+    with TestClient(create_app(config, gated)) as client:
         threads, results = in_threads(
             [lambda i=i: client.post("/clip/embed_text", json={"text": f"text {i}"}) for i in range(2)]
         )
-        wait_until(lambda: gateway_of(client).inflight == 2, "two requests in flight")
+        wait_until(lambda: state_of(client).inflight == 2, "two requests in flight")
         refused = client.post("/clip/embed_text", json={"text": "third"})
         assert refused.status_code == 503 and "retry" in refused.json()["message"]
         gated.gate.set()
         for t in threads:
             t.join(20)
         assert [r.status_code for r in results.values()] == [200, 200]
-        assert gateway_of(client).inflight == 0
+        assert state_of(client).inflight == 0
 
 
-def test_a_client_that_disconnects_has_its_queued_work_dropped(gated: GatedEngine) -> None:
+def test_a_client_that_disconnects_has_its_queued_work_dropped(gated: GatedModel) -> None:
     """On a real uvicorn server: a caller that hangs up while queued never reaches the model."""
     config = make_config(batching={"max_batch_texts": 1})
-    app = create_app(config, engine=gated)
+    app = create_app(config, gated)
     with live(app) as port:
-        gateway: Gateway = app.state.gateway
+        gateway: AppState = app.state.clipgate
         batcher = gateway.service.batcher  # type: ignore[union-attr]
 
         def send(text: str) -> socket.socket:
@@ -195,12 +184,12 @@ def test_a_client_that_disconnects_has_its_queued_work_dropped(gated: GatedEngin
         holder.close()
         assert reply.startswith(b"HTTP/1.1 200")
         wait_until(lambda: gateway.inflight == 0, "the server to go idle")
-        leaver_tokens = gated.inner.tokenize(["a caller who hangs up"])[0]
+        leaver_tokens = gated.preprocessor.tokenize(["a caller who hangs up"])[0]
         assert leaver_tokens not in [row for batch in gated.batches for row in batch]
 
 
-def test_a_body_slower_than_the_deadline_is_a_408_not_an_overload(engine: ClipEngine) -> None:
-    app = create_app(make_config(server={"request_timeout_s": 0.5}), engine=engine)
+def test_a_body_slower_than_the_deadline_is_a_408_not_an_overload(model: Model) -> None:
+    app = create_app(make_config(server={"request_timeout_s": 0.5}), model)
     with live(app) as port, socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
         body = b'{"text": "a photo of a cat"}'
         head = "POST /clip/embed_text HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"

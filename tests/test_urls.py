@@ -22,7 +22,7 @@ import urllib3.util.connection
 from starlette.testclient import TestClient
 
 from clipgate.app import create_app
-from clipgate.engine import ClipEngine
+from clipgate.engine import Model
 from clipgate.errors import ImageError, PayloadTooLarge
 from clipgate.urls import UrlPolicy, fetch
 from tests import imagegen
@@ -495,9 +495,9 @@ def test_query_and_path_are_sent_and_the_fragment_is_not(server: Server) -> None
     assert server.hits == [("/cat.jpg?size=2&x=%2F", f"127.0.0.1:{server.port}")]
 
 
-def test_roboflow_url_images_when_enabled(origin: str, engine: ClipEngine) -> None:
+def test_roboflow_url_images_when_enabled(origin: str, model: Model) -> None:
     images = {"allow_url": True, "allow_http_url": True, "allow_ip_hosts": True, "allow_private_addresses": True}
-    with TestClient(create_app(make_config(images=images), engine=engine)) as client:
+    with TestClient(create_app(make_config(images=images), model)) as client:
         by_url = client.post("/clip/embed_image", json={"image": {"type": "url", "value": f"{origin}/cat.jpg"}})
         by_file = client.post("/api/predict/file/p/e", files={"predict_file": JPEG})
         assert by_url.status_code == 200

@@ -7,7 +7,7 @@ alongside a batch costs the model more than the decoding itself: measured on 2 c
 wastes nothing as long as the batcher waits for the decoding under way before it starts a
 batch, which it does (`Batcher.incoming`).
 
-On a GPU the two do not compete, so the gate is open: decoding overlaps inference there.
+On a GPU the two do not compete, so turn-taking is off: decoding overlaps inference there.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 T = TypeVar("T")
 
 
-class ComputeGate:
+class CpuTurns:
     """Many decoders or one model batch, never both. The model has precedence: once a batch
     asks, no new decoding starts, and the batch begins when the decoding under way is done."""
 
@@ -59,15 +59,6 @@ class ComputeGate:
             with self._cond:
                 self._model_waiting_or_running = False
                 self._cond.notify_all()
-
-    def decoder(self, fn: Callable[..., T]) -> Callable[..., T]:
-        """`fn`, run on the decoders' side of the gate."""
-
-        def gated(*args: Any) -> T:
-            with self.decoding():
-                return fn(*args)
-
-        return gated
 
     def model(self, fn: Callable[[list[Any]], T]) -> Callable[[list[Any]], T]:
         """`fn`, run on the model's side of the gate."""

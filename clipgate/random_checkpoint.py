@@ -1,4 +1,4 @@
-"""Emulator checkpoints: `random:tiny` and `random:base`, deterministic random-weight CLIP models.
+"""Random-weight checkpoints: `random:tiny` and `random:base`, deterministic CLIP models with no download.
 
 They are built once into a cache folder (a real checkpoint: safetensors weights, the real
 CLIP BPE tokenizer, a preprocessor config) and then loaded through the same
@@ -12,6 +12,7 @@ import os
 import shutil
 import tempfile
 from importlib import resources
+from importlib.metadata import version
 from pathlib import Path
 
 PREFIX = "random:"
@@ -42,7 +43,7 @@ PREPROCESSOR_CONFIG = {
 }
 
 
-def is_emulator(model_id: str) -> bool:
+def is_random(model_id: str) -> bool:
     return model_id.startswith(PREFIX)
 
 
@@ -61,14 +62,10 @@ def checkpoint_dir(model_id: str, root: Path | None = None) -> Path:
     """The folder of an emulator checkpoint, built on first use. Raises ValueError for an unknown kind."""
     kind = model_id[len(PREFIX) :]
     if kind not in _SHAPES:
-        raise ValueError(
-            f"unknown emulator model {model_id!r}; choose one of: " + ", ".join(PREFIX + k for k in kinds())
-        )
-    import torch
-    import transformers
-
+        raise ValueError(f"unknown random model {model_id!r}; choose one of: " + ", ".join(PREFIX + k for k in kinds()))
     root = root or cache_root()
-    target = root / f"random-{kind}-seed{SEED}-torch{torch.__version__}-transformers{transformers.__version__}"
+    # Versions from the package metadata: naming the folder imports neither library.
+    target = root / f"random-{kind}-seed{SEED}-torch{version('torch')}-transformers{version('transformers')}"
     if (target / "model.safetensors").is_file():
         return target
     root.mkdir(parents=True, exist_ok=True)

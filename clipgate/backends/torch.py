@@ -1,0 +1,103 @@
+"""The Hugging Face `transformers` `CLIPModel` on torch: CPU, or CUDA when there is one."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from numpy.typing import NDArray
+
+from clipgate.canonical import ModelCard
+from clipgate.config import ModelConfig
+from clipgate.engine import Checkpoint, ModelLoadError, TokenIds, Vectors
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def pick_device(name: str) -> torch.device:
+    """`name` is auto, cpu or cuda[:N] (ModelConfig checks that)."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ModelLoadError(f"device {name} was asked for but CUDA is not available")
+        index = torch.device(name).index
+        if index is not None and index >= torch.cuda.device_count():
+            raise ModelLoadError(f"device {name} was asked for but there are {torch.cuda.device_count()} CUDA devices")
+    return torch.device(name)
+
+
+def pick_dtype(name: str, device: torch.device) -> torch.dtype:
+    """`name` is auto or one of DTYPES (ModelConfig checks that)."""
+    if name == "auto":
+        return torch.float16 if device.type == "cuda" else torch.float32
+    return DTYPES[name]
+
+
+def check_device(device: str) -> None:
+    pick_device(device)
+
+
+def load(checkpoint: Checkpoint, cfg: ModelConfig) -> TorchEncoder:
+    from transformers import CLIPModel
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
+    device = pick_device(cfg.device)
+    dtype = pick_dtype(cfg.dtype, device)
+    if cfg.torch_threads > 0:
+        torch.set_num_threads(cfg.torch_threads)
+    try:
+        model = CLIPModel.from_pretrained(checkpoint.path, dtype=dtype, use_safetensors=True)
+    except (OSError, ValueError, KeyError) as exc:
+        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise ModelLoadError(f"cannot load a CLIP checkpoint from {checkpoint.path}: {first}") from exc
+    model = model.to(device).eval()  # type: ignore[arg-type]
+    card = checkpoint.card(cfg, device=str(device), dtype=str(dtype).removeprefix("torch."))
+    return TorchEncoder(model, card)
+
+
+class TorchEncoder:
+    """A `CLIPModel` in inference mode. Not thread-safe: one thread (the batcher's) calls it."""
+
+    def __init__(self, model: torch.nn.Module, card: ModelCard) -> None:
+        self.model = model
+        self._card = card
+        parameter = next(model.parameters())
+        self._device, self._dtype = parameter.device, parameter.dtype
+
+    @property
+    def card(self) -> ModelCard:
+        return self._card
+
+    @torch.inference_mode()
+    def embed_texts(self, ids: TokenIds, mask: TokenIds) -> Vectors:
+        out = self.model.get_text_features(  # type: ignore[operator]
+            input_ids=torch.from_numpy(ids).to(self._device), attention_mask=torch.from_numpy(mask).to(self._device)
+        )
+        return _to_numpy(out)
+
+    @torch.inference_mode()
+    def embed_images(self, pixels: NDArray[np.float32]) -> Vectors:
+        out = self.model.get_image_features(pixel_values=torch.from_numpy(pixels).to(self._device, self._dtype))  # type: ignore[operator]
+        return _to_numpy(out)
+
+    def warmup(self) -> None:
+        side = self._card.image_size
+        text: Any = self.model.config.text_config  # type: ignore[union-attr]
+        self.embed_images(np.zeros((1, 3, side, side), dtype=np.float32))
+        ends = [t[0] if isinstance(t, list) else t for t in (text.bos_token_id, text.eos_token_id)]
+        ids = np.array([[t if isinstance(t, int) else 0 for t in ends]], dtype=np.int64)
+        self.embed_texts(ids, np.ones_like(ids))
+
+    def health(self) -> str | None:
+        if self._device.type == "cuda" and not torch.cuda.is_available():
+            return "the CUDA device is gone"
+        return None
+
+
+def _to_numpy(out: object) -> Vectors:
+    features = out.pooler_output if hasattr(out, "pooler_output") else out
+    assert isinstance(features, torch.Tensor)
+    return features.float().cpu().numpy()

@@ -1,0 +1,39 @@
+"""What the running app shares between its routes: the service once warm, draining, requests in flight."""
+
+from __future__ import annotations
+
+import uuid
+from typing import TYPE_CHECKING
+
+from clipgate.canonical import ModelCard
+
+if TYPE_CHECKING:
+    from clipgate.service import EmbeddingService
+
+
+class AppState:
+    """One per app. `service` is set once the model is loaded and warm, and cleared when the app
+    stops: while it is None, embedding requests get 503 and readiness probes say not ready."""
+
+    def __init__(self, version: str) -> None:
+        self.service: EmbeddingService | None = None
+        self.draining = False  # SIGTERM: probes say not ready while requests in flight finish
+        self.inflight = 0  # embedding requests being read, decoded or waiting
+        self.version = version
+        self.instance_id = uuid.uuid4().hex
+
+    @property
+    def ready(self) -> bool:
+        """What readiness probes report: warm, not draining, and the encoder healthy."""
+        return self.not_ready_reason() is None
+
+    def not_ready_reason(self) -> str | None:
+        if self.draining:
+            return "draining"
+        if self.service is None:
+            return "loading"
+        return self.service.encoder.health()
+
+    @property
+    def card(self) -> ModelCard | None:
+        return self.service.card if self.service is not None else None
