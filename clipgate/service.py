@@ -16,7 +16,7 @@ from clipgate.config import Config
 from clipgate.engine import Engine
 from clipgate.errors import ImageError, InvalidRequest, Overloaded, PayloadTooLarge, UnknownModel
 from clipgate.gate import ComputeGate
-from clipgate.images import ImageLimits, Pixels, decode_base64, decode_image, limit_pillow
+from clipgate.images import Pixels, decode_base64, decode_image, limit_pillow
 
 # A JPEG is decoded at reduced size only while its shortest side stays this many times the model's
 # input side: the resize that follows then sees nearly the same pixels (measured: embedding cosine
@@ -41,7 +41,6 @@ class EmbeddingService:
         self.engine = engine
         self.config = config
         images = config.images
-        self._limits = ImageLimits(max_bytes=images.max_bytes, max_pixels=images.max_pixels, formats=images.formats)
         limit_pillow(images.max_pixels)
         self._url_policy = urls.UrlPolicy(
             allow_http=images.allow_http_url,
@@ -175,8 +174,8 @@ class EmbeddingService:
     def _fetch(self, item: ImageInput) -> bytes | str:
         """Runs in the decode pool, outside the gate: an image's bytes, base64 text, or its URL's content."""
         if item.base64 is not None:
-            if len(item.base64) > self._limits.max_bytes * 4 // 3 + 4096:  # line breaks and a data: prefix fit
-                raise PayloadTooLarge(f"The image is over the limit of {self._limits.max_bytes} bytes.")
+            if len(item.base64) > self.config.images.max_bytes * 4 // 3 + 4096:  # line breaks and a data: prefix fit
+                raise PayloadTooLarge(f"The image is over the limit of {self.config.images.max_bytes} bytes.")
             return item.base64
         if item.url is not None:
             if not self.config.images.allow_url:
@@ -197,4 +196,4 @@ class EmbeddingService:
         with self.gate.decoding():
             data = decode_base64(source) if isinstance(source, str) else source
             reduce_to = math.ceil(REDUCED_DECODE_MARGIN * self.engine.card.image_size) if self._reduced_decode else None
-            return self.engine.preprocess(decode_image(data, self._limits, reduce_to=reduce_to))
+            return self.engine.preprocess(decode_image(data, self.config.images, reduce_to=reduce_to))

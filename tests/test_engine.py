@@ -18,10 +18,10 @@ from PIL import Image, ImageOps
 from safetensors.torch import load_file
 
 from clipgate import emulator
-from clipgate.config import ModelConfig
+from clipgate.config import ImagesConfig, ModelConfig
 from clipgate.engine import ClipEngine, ModelLoadError, resolve_checkpoint
 from clipgate.errors import InvalidRequest
-from clipgate.images import ImageLimits, decode_image
+from clipgate.images import decode_image
 from tests import imagegen
 
 DIM = 512
@@ -93,7 +93,7 @@ def reference_input(data: bytes) -> Image.Image:
 @pytest.mark.parametrize("name", VARIANT_PARAMS)
 def test_image_embedding_matches_reference(engine: ClipEngine, ref: Reference, name: str) -> None:
     data = VARIANTS[name]
-    got = engine.embed_images([engine.preprocess(decode_image(data, ImageLimits()))])
+    got = engine.embed_images([engine.preprocess(decode_image(data, ImagesConfig()))])
     assert got.shape == (1, DIM)
     assert got.dtype == np.float32
     want = ref.embed_image(reference_input(data))
@@ -103,7 +103,7 @@ def test_image_embedding_matches_reference(engine: ClipEngine, ref: Reference, n
 @pytest.mark.parametrize("name", VARIANT_PARAMS)
 def test_preprocess_matches_reference_pixels(engine: ClipEngine, ref: Reference, name: str) -> None:
     data = VARIANTS[name]
-    got = engine.preprocess(decode_image(data, ImageLimits()))
+    got = engine.preprocess(decode_image(data, ImagesConfig()))
     want = ref.pixels(reference_input(data))
     assert got.shape == want.shape == (3, 224, 224)
     assert got.dtype == np.float32
@@ -114,7 +114,7 @@ def test_png_16bit_is_scaled_not_clipped(engine: ClipEngine, ref: Reference) -> 
     # Pillow's convert("RGB") clips 16-bit samples at 255; clipgate keeps the high byte instead,
     # so the reference is run on the 8-bit picture the file holds.
     data, eight_bit = imagegen.png_16bit_gray()
-    decoded = decode_image(data, ImageLimits())
+    decoded = decode_image(data, ImagesConfig())
     pixels = np.asarray(decoded)
     assert decoded.mode == "RGB"
     assert pixels.min() < 255 and pixels.mean() < 200  # not a white sheet
@@ -126,7 +126,7 @@ def test_png_16bit_is_scaled_not_clipped(engine: ClipEngine, ref: Reference) -> 
 
 def test_animated_gif_embeds_its_first_frame(engine: ClipEngine, ref: Reference) -> None:
     data = imagegen.animated_gif()
-    got = engine.embed_images([engine.preprocess(decode_image(data, ImageLimits()))])[0]
+    got = engine.embed_images([engine.preprocess(decode_image(data, ImagesConfig()))])[0]
     frames = Image.open(io.BytesIO(data))
     assert frames.n_frames == 3
     first = ref.embed_image(frames.convert("RGB"))
@@ -139,7 +139,7 @@ def test_animated_gif_embeds_its_first_frame(engine: ClipEngine, ref: Reference)
 def test_exif_rotated_jpeg_is_upright(engine: ClipEngine, ref: Reference) -> None:
     data = VARIANTS["exif-rotated"]
     stored = Image.open(io.BytesIO(data))
-    decoded = decode_image(data, ImageLimits())
+    decoded = decode_image(data, ImagesConfig())
     assert stored.size == (300, 200)
     assert decoded.size == (stored.height, stored.width)
     got = engine.embed_images([engine.preprocess(decoded)])[0]
@@ -150,7 +150,7 @@ def test_exif_rotated_jpeg_is_upright(engine: ClipEngine, ref: Reference) -> Non
 
 def test_image_batch_matches_single_images(engine: ClipEngine) -> None:
     names = ["jpeg", "png-gray", "tiny-1x1", "wide-2000x20"]
-    pixels = [engine.preprocess(decode_image(VARIANTS[n], ImageLimits())) for n in names]
+    pixels = [engine.preprocess(decode_image(VARIANTS[n], ImagesConfig())) for n in names]
     batch = engine.embed_images(pixels)
     assert batch.shape == (len(names), DIM)
     for i, one in enumerate(pixels):
@@ -235,7 +235,9 @@ def test_truncating_engine_cuts_long_text_to_77_tokens(truncating_engine: ClipEn
 
 
 def test_outputs_are_unnormalized_float32(engine: ClipEngine) -> None:
-    images = engine.embed_images([engine.preprocess(decode_image(VARIANTS[n], ImageLimits())) for n in ("jpeg", "bmp")])
+    images = engine.embed_images(
+        [engine.preprocess(decode_image(VARIANTS[n], ImagesConfig())) for n in ("jpeg", "bmp")]
+    )
     texts = engine.embed_texts(engine.tokenize(["a dog", "a cat", ""]))
     for out, n in ((images, 2), (texts, 3)):
         assert out.shape == (n, DIM)
@@ -246,11 +248,11 @@ def test_outputs_are_unnormalized_float32(engine: ClipEngine) -> None:
 
 
 def test_embedding_is_deterministic(engine: ClipEngine) -> None:
-    pixels = [engine.preprocess(decode_image(VARIANTS[n], ImageLimits())) for n in ("jpeg", "png-rgb")]
+    pixels = [engine.preprocess(decode_image(VARIANTS[n], ImagesConfig())) for n in ("jpeg", "png-rgb")]
     assert np.array_equal(engine.embed_images(pixels), engine.embed_images(pixels))
     rows = engine.tokenize(TEXTS)
     assert np.array_equal(engine.embed_texts(rows), engine.embed_texts(rows))
-    again = engine.preprocess(decode_image(VARIANTS["jpeg"], ImageLimits()))
+    again = engine.preprocess(decode_image(VARIANTS["jpeg"], ImagesConfig()))
     assert np.array_equal(pixels[0], again)
 
 
@@ -308,7 +310,7 @@ def test_reduced_precision_weights_stay_near_float32(
 ) -> None:
     low = ClipEngine.load(ModelConfig(id="random:tiny", device="cpu", dtype=dtype))
     assert low.card.dtype == dtype
-    pixels = engine.preprocess(decode_image(imagegen.jpeg(seed=4), ImageLimits()))
+    pixels = engine.preprocess(decode_image(imagegen.jpeg(seed=4), ImagesConfig()))
     tokens = engine.tokenize(["a photo of a cat", "a dog"])
     for got, want in (
         (low.embed_images([pixels]), engine.embed_images([pixels])),
@@ -327,7 +329,7 @@ def test_reduced_jpeg_decode_keeps_reference_parity(engine: ClipEngine, ref: Ref
 
     data = imagegen.jpeg(seed=11, width=size[0], height=size[1])
     reduce_to = math.ceil(REDUCED_DECODE_MARGIN * engine.card.image_size)
-    decoded = decode_image(data, ImageLimits(), reduce_to=reduce_to)
+    decoded = decode_image(data, ImagesConfig(), reduce_to=reduce_to)
     assert decoded.size != size  # the shortcut was taken
     pixels = engine.preprocess(decoded)
     # Mean gap to the reference's pixels, measured: <= 0.0017 (an eighth of a grey level); a
