@@ -42,16 +42,6 @@ class EmbeddingService:
         self.config = config
         images = config.images
         limit_pillow(images.max_pixels)
-        self._url_policy = urls.UrlPolicy(
-            allow_http=images.allow_http_url,
-            allow_ip_hosts=images.allow_ip_hosts,
-            allow_private_addresses=images.allow_private_addresses,
-            allow_hosts=images.url_allow_hosts,
-            deny_hosts=images.url_deny_hosts,
-            timeout_s=images.url_timeout_s,
-            max_redirects=images.url_max_redirects,
-            max_bytes=images.max_bytes,
-        )
         self._resolver = resolver
         self._reduced_decode = images.reduced_jpeg_decode
         self._decode_pool = ThreadPoolExecutor(max_workers=images.decode_threads, thread_name_prefix="clipgate-decode")
@@ -183,7 +173,7 @@ class EmbeddingService:
                     "Image URLs are disabled on this server; send the image as base64, or have the "
                     "operator enable them (images.allow_url = true, or CLIPGATE_IMAGES_ALLOW_URL=1)."
                 )
-            return urls.fetch(item.url, self._url_policy, self._resolver)
+            return urls.fetch(item.url, self.config.images, self._resolver)
         assert item.data is not None
         return item.data
 
