@@ -73,11 +73,6 @@ class _Target:
     host_header: str
 
 
-def check_url(url: str, policy: ImagesConfig, resolve: Resolver = system_resolver) -> None:
-    """Raise ImageError unless `url` may be fetched under `policy`."""
-    _check(url, policy, resolve)
-
-
 def fetch(url: str, policy: ImagesConfig, resolve: Resolver = system_resolver) -> bytes:
     """Download the image at `url`, re-checking and pinning each redirect, capping the size, and giving
     the whole fetch (redirects and a slow trickle of bytes included) `url_timeout_s` to finish.

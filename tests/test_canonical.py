@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import re
 
 import pytest
 from hypothesis import given, settings
@@ -11,8 +12,8 @@ from hypothesis import strategies as st
 from clipgate.config import ImagesConfig
 from clipgate.errors import ImageError
 from clipgate.images import decode_base64
-from clipgate.urls import check_url
-from tests.test_urls import url_config
+from clipgate.urls import NOT_RETRIEVED, fetch
+from tests.test_urls import Network, install_network, url_config
 
 
 @given(st.binary(min_size=1, max_size=600))
@@ -62,6 +63,11 @@ def resolver(table: dict[str, list[str]]):  # type: ignore[no-untyped-def]
     return resolve
 
 
+@pytest.fixture
+def network(monkeypatch: pytest.MonkeyPatch) -> Network:
+    return install_network(monkeypatch)
+
+
 DNS = resolver(
     {
         "images.example.com": ["93.184.216.34"],
@@ -108,9 +114,14 @@ DNS = resolver(
         ),
     ],
 )
-def test_url_policy(url: str, policy: ImagesConfig, problem: str | None) -> None:
+def test_url_policy(url: str, policy: ImagesConfig, problem: str | None, network: Network) -> None:
     if problem is None:
-        check_url(url, policy, DNS)
+        # Past every check, the fetch connects to the address the resolver gave; the test network
+        # refuses it, unsent, and that is the only way it may fail.
+        with pytest.raises(ImageError, match=re.escape(NOT_RETRIEVED)):
+            fetch(url, policy, DNS)
+        assert [address for address, _ in network.connects] == ["93.184.216.34"]
     else:
         with pytest.raises(ImageError, match=problem):
-            check_url(url, policy, DNS)
+            fetch(url, policy, DNS)
+        assert network.connects == []
