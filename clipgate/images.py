@@ -13,22 +13,15 @@ import numpy as np
 from numpy.typing import NDArray
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from clipgate.config import ImagesConfig
 from clipgate.errors import ImageError, PayloadTooLarge
 
-DEFAULT_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP")
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 # Past this many crops' worth of pixels, the resize step only resizes what the crop keeps.
 MAX_RESIZED_AREA_FACTOR = 8
 Pixels = NDArray[np.float32]
 """A preprocessed image: float32, (3, height, width)."""
-
-
-@dataclass(frozen=True, slots=True)
-class ImageLimits:
-    max_bytes: int = 20 * 1024 * 1024
-    max_pixels: int = 40_000_000
-    formats: tuple[str, ...] = DEFAULT_FORMATS
 
 
 _DATA_URI = re.compile(r"^\s*data:[^,]{0,100};base64,", re.IGNORECASE)
@@ -65,7 +58,7 @@ def decode_base64(value: str) -> bytes:
         raise ImageError("Malformed base64 input image.") from exc
 
 
-def decode_image(data: bytes, limits: ImageLimits, *, reduce_to: int | None = None) -> Image.Image:
+def decode_image(data: bytes, limits: ImagesConfig, *, reduce_to: int | None = None) -> Image.Image:
     """Return the image as an 8-bit RGB `Image`, upright per its EXIF orientation.
 
     With `reduce_to`, a JPEG may be decoded at 1/2, 1/4 or 1/8 of its size (libjpeg scales in
@@ -75,7 +68,8 @@ def decode_image(data: bytes, limits: ImageLimits, *, reduce_to: int | None = No
     Multi-frame images (GIF, animated WebP) give their first frame. Transparent pixels are
     composited over white, as the reference pipeline (transformers' `convert_to_rgb`) does.
     Raises ImageError for anything that is not a whole image of an allowed format, and
-    PayloadTooLarge for images over the byte or pixel limits.
+    PayloadTooLarge for images over the byte or pixel limits (`limits`: the [images] section's
+    max_bytes, max_pixels and formats).
     """
     if not data:
         raise ImageError("Empty image payload.")
@@ -116,13 +110,13 @@ def decode_image(data: bytes, limits: ImageLimits, *, reduce_to: int | None = No
         raise ImageError("The image data is truncated or corrupt.") from exc
 
 
-def _too_many_pixels(exc: Exception, limits: ImageLimits) -> PayloadTooLarge:
+def _too_many_pixels(exc: Exception, limits: ImagesConfig) -> PayloadTooLarge:
     found = re.search(r"\((\d+) pixels\)", str(exc))  # Pillow: "Image size (N pixels) exceeds limit of ..."
     size = f" is {found.group(1)} pixels;" if found else " has too many pixels;"
     return PayloadTooLarge(f"The image{size} the limit is {_pixel_limit(limits)}.")
 
 
-def _pixel_limit(limits: ImageLimits) -> int:
+def _pixel_limit(limits: ImagesConfig) -> int:
     """Ours, or Pillow's own if that is lower (its bomb warning is an error here)."""
     pillow = Image.MAX_IMAGE_PIXELS
     return min(limits.max_pixels, pillow) if pillow else limits.max_pixels

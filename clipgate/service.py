@@ -16,7 +16,7 @@ from clipgate.config import Config
 from clipgate.cpu_turns import CpuTurns
 from clipgate.engine import Encoder, Model
 from clipgate.errors import ImageError, InvalidRequest, Overloaded, PayloadTooLarge, UnknownModel
-from clipgate.images import ImageLimits, Pixels, decode_base64, decode_image, limit_pillow
+from clipgate.images import Pixels, decode_base64, decode_image, limit_pillow
 
 # A JPEG is decoded at reduced size only while its shortest side stays this many times the model's
 # input side: the resize that follows then sees nearly the same pixels (measured: embedding cosine
@@ -41,18 +41,7 @@ class EmbeddingService:
         self.model = model
         self.config = config
         images = config.images
-        self._limits = ImageLimits(max_bytes=images.max_bytes, max_pixels=images.max_pixels, formats=images.formats)
         limit_pillow(images.max_pixels)
-        self._url_policy = urls.UrlPolicy(
-            allow_http=images.allow_http_url,
-            allow_ip_hosts=images.allow_ip_hosts,
-            allow_private_addresses=images.allow_private_addresses,
-            allow_hosts=images.url_allow_hosts,
-            deny_hosts=images.url_deny_hosts,
-            timeout_s=images.url_timeout_s,
-            max_redirects=images.url_max_redirects,
-            max_bytes=images.max_bytes,
-        )
         self._resolver = resolver
         self._reduced_decode = images.reduced_jpeg_decode
         self._decode_pool = ThreadPoolExecutor(max_workers=images.decode_threads, thread_name_prefix="clipgate-decode")
@@ -179,8 +168,8 @@ class EmbeddingService:
     def _fetch(self, item: ImageInput) -> bytes | str:
         """Runs in the fetch pool, outside the CPU turns: an image's bytes, base64 text, or its URL's content."""
         if item.base64 is not None:
-            if len(item.base64) > self._limits.max_bytes * 4 // 3 + 4096:  # line breaks and a data: prefix fit
-                raise PayloadTooLarge(f"The image is over the limit of {self._limits.max_bytes} bytes.")
+            if len(item.base64) > self.config.images.max_bytes * 4 // 3 + 4096:  # line breaks and a data: prefix fit
+                raise PayloadTooLarge(f"The image is over the limit of {self.config.images.max_bytes} bytes.")
             return item.base64
         if item.url is not None:
             if not self.config.images.allow_url:
@@ -188,7 +177,7 @@ class EmbeddingService:
                     "Image URLs are disabled on this server; send the image as base64, or have the "
                     "operator enable them (images.allow_url = true, or CLIPGATE_IMAGES_ALLOW_URL=1)."
                 )
-            return urls.fetch(item.url, self._url_policy, self._resolver)
+            return urls.fetch(item.url, self.config.images, self._resolver)
         assert item.data is not None
         return item.data
 
@@ -201,4 +190,4 @@ class EmbeddingService:
         with self.turns.decoding():
             data = decode_base64(source) if isinstance(source, str) else source
             reduce_to = math.ceil(REDUCED_DECODE_MARGIN * self.model.card.image_size) if self._reduced_decode else None
-            return self.model.preprocessor.preprocess(decode_image(data, self._limits, reduce_to=reduce_to))
+            return self.model.preprocessor.preprocess(decode_image(data, self.config.images, reduce_to=reduce_to))

@@ -10,9 +10,9 @@ The defences, after Roboflow inference's fixes for GHSA-rv25-cq3f-x5f2 and GHSA-
   and sends SNI against the host name, and the request carries the original Host header;
 - no proxy is ever used (a proxy would resolve the name itself);
 - each redirect goes through the same checks and the same pinned connection, at most
-  `max_redirects` times;
+  `url_max_redirects` times;
 - the body is capped at `max_bytes` while it streams, and the whole fetch, redirects and a slow
-  trickle of bytes included, has `timeout_s`: a watchdog shuts the socket down at the deadline.
+  trickle of bytes included, has `url_timeout_s`: a watchdog shuts the socket down at the deadline.
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.response import HTTPResponse
 from urllib3.util.ssl_match_hostname import CertificateError
 
+from clipgate.config import ImagesConfig
 from clipgate.errors import ImageError, PayloadTooLarge
 
 Resolver = Callable[[str, int], list[str]]
@@ -60,18 +61,6 @@ def system_resolver(host: str, port: int) -> list[str]:
 
 
 @dataclass(frozen=True, slots=True)
-class UrlPolicy:
-    allow_http: bool = False
-    allow_ip_hosts: bool = False
-    allow_private_addresses: bool = False
-    allow_hosts: tuple[str, ...] = ()
-    deny_hosts: tuple[str, ...] = ()
-    timeout_s: float = 10.0
-    max_redirects: int = 5
-    max_bytes: int = 20 * 1024 * 1024
-
-
-@dataclass(frozen=True, slots=True)
 class _Target:
     """A URL that passed the checks, with the addresses the connection may go to."""
 
@@ -84,16 +73,15 @@ class _Target:
     host_header: str
 
 
-def check_url(url: str, policy: UrlPolicy, resolve: Resolver = system_resolver) -> None:
-    """Raise ImageError unless `url` may be fetched under `policy`."""
-    _check(url, policy, resolve)
-
-
-def fetch(url: str, policy: UrlPolicy, resolve: Resolver = system_resolver) -> bytes:
+def fetch(url: str, policy: ImagesConfig, resolve: Resolver = system_resolver) -> bytes:
     """Download the image at `url`, re-checking and pinning each redirect, capping the size, and giving
-    the whole fetch (redirects and a slow trickle of bytes included) `timeout_s` to finish."""
-    with _Deadline(policy.timeout_s) as deadline:
-        for _ in range(policy.max_redirects + 1):
+    the whole fetch (redirects and a slow trickle of bytes included) `url_timeout_s` to finish.
+
+    `policy` is the [images] config section: its allow_http_url, allow_ip_hosts, allow_private_addresses,
+    url_allow_hosts, url_deny_hosts, url_timeout_s, url_max_redirects and max_bytes apply here (its
+    allow_url does not: whether URLs are fetched at all is the caller's to decide)."""
+    with _Deadline(policy.url_timeout_s) as deadline:
+        for _ in range(policy.url_max_redirects + 1):
             deadline.remaining()
             target = _check(url, policy, resolve)
             conn, response = _open(target, deadline)
@@ -117,7 +105,7 @@ def fetch(url: str, policy: UrlPolicy, resolve: Resolver = system_resolver) -> b
         raise ImageError("The image URL redirected too many times.")
 
 
-def _check(url: str, policy: UrlPolicy, resolve: Resolver) -> _Target:
+def _check(url: str, policy: ImagesConfig, resolve: Resolver) -> _Target:
     if "\\" in url:
         raise ImageError("The image URL contains a backslash.")
     if any(c.isspace() or not c.isprintable() for c in url):
@@ -128,9 +116,9 @@ def _check(url: str, policy: UrlPolicy, resolve: Resolver) -> _Target:
     except ValueError as exc:
         raise ImageError(MALFORMED) from exc
     scheme = parts.scheme.lower()
-    if scheme not in ("https", "http") or (scheme == "http" and not policy.allow_http):
+    if scheme not in ("https", "http") or (scheme == "http" and not policy.allow_http_url):
         raise ImageError(
-            "Only https:// image URLs are allowed" + ("" if policy.allow_http else " (images.allow_http_url)") + "."
+            "Only https:// image URLs are allowed" + ("" if policy.allow_http_url else " (images.allow_http_url)") + "."
         )
     if not parts.hostname:
         raise ImageError("The image URL has no host.")
@@ -169,9 +157,9 @@ def _check(url: str, policy: UrlPolicy, resolve: Resolver) -> _Target:
         raise ImageError("Image URLs must name a host, not an IP address.")
     if literal is None and "." not in host and not policy.allow_ip_hosts:
         raise ImageError("Image URLs must name a fully qualified host.")
-    if any(_host_matches(host, rule) for rule in policy.deny_hosts):
+    if any(_host_matches(host, rule) for rule in policy.url_deny_hosts):
         raise ImageError("The image URL's host is not allowed.")
-    if policy.allow_hosts and not any(_host_matches(host, rule) for rule in policy.allow_hosts):
+    if policy.url_allow_hosts and not any(_host_matches(host, rule) for rule in policy.url_allow_hosts):
         raise ImageError("The image URL's host is not allowed.")
 
     if literal is not None:
@@ -220,7 +208,7 @@ def _ip_literal(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | No
     return None
 
 
-def _connectable(answer: str, policy: UrlPolicy) -> str:
+def _connectable(answer: str, policy: ImagesConfig) -> str:
     """The address to connect to for one resolver answer, or ImageError when it may not be used."""
     try:
         ip = ipaddress.ip_address(answer)

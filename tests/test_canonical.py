@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import base64
+import re
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from clipgate.config import ImagesConfig
 from clipgate.errors import ImageError
 from clipgate.images import decode_base64
-from clipgate.urls import UrlPolicy, check_url
+from clipgate.urls import NOT_RETRIEVED, fetch
+from tests.test_urls import Network, install_network, url_config
 
 
 @given(st.binary(min_size=1, max_size=600))
@@ -60,6 +63,11 @@ def resolver(table: dict[str, list[str]]):  # type: ignore[no-untyped-def]
     return resolve
 
 
+@pytest.fixture
+def network(monkeypatch: pytest.MonkeyPatch) -> Network:
+    return install_network(monkeypatch)
+
+
 DNS = resolver(
     {
         "images.example.com": ["93.184.216.34"],
@@ -75,38 +83,45 @@ DNS = resolver(
 @pytest.mark.parametrize(
     ("url", "policy", "problem"),
     [
-        pytest.param("https://images.example.com/a.jpg", UrlPolicy(), None, id="ok"),
-        pytest.param("http://images.example.com/a.jpg", UrlPolicy(), "https", id="http-refused"),
-        pytest.param("http://images.example.com/a.jpg", UrlPolicy(allow_http=True), None, id="http-allowed"),
-        pytest.param("file:///etc/passwd", UrlPolicy(), "https", id="file-scheme"),
-        pytest.param("https://127.0.0.1/a.jpg", UrlPolicy(), "IP address", id="ip-literal"),
-        pytest.param("https://[::1]/a.jpg", UrlPolicy(), "IP address", id="ipv6-literal"),
-        pytest.param("https://localhost/a.jpg", UrlPolicy(), "fully qualified", id="single-label"),
-        pytest.param("https://internal.example.com/a", UrlPolicy(), "not public", id="private"),
-        pytest.param("https://mixed.example.com/a", UrlPolicy(), "not public", id="one-private-answer"),
-        pytest.param("https://mapped.example.com/a", UrlPolicy(), "not public", id="ipv4-mapped-link-local"),
-        pytest.param("https://cgnat.example.com/a", UrlPolicy(), "not public", id="cgnat"),
-        pytest.param("https://ula.example.com/a", UrlPolicy(), "not public", id="ula"),
-        pytest.param("https://nowhere.example.com/a", UrlPolicy(), "cannot be resolved", id="nxdomain"),
+        pytest.param("https://images.example.com/a.jpg", url_config(), None, id="ok"),
+        pytest.param("http://images.example.com/a.jpg", url_config(), "https", id="http-refused"),
+        pytest.param("http://images.example.com/a.jpg", url_config(allow_http_url=True), None, id="http-allowed"),
+        pytest.param("file:///etc/passwd", url_config(), "https", id="file-scheme"),
+        pytest.param("https://127.0.0.1/a.jpg", url_config(), "IP address", id="ip-literal"),
+        pytest.param("https://[::1]/a.jpg", url_config(), "IP address", id="ipv6-literal"),
+        pytest.param("https://localhost/a.jpg", url_config(), "fully qualified", id="single-label"),
+        pytest.param("https://internal.example.com/a", url_config(), "not public", id="private"),
+        pytest.param("https://mixed.example.com/a", url_config(), "not public", id="one-private-answer"),
+        pytest.param("https://mapped.example.com/a", url_config(), "not public", id="ipv4-mapped-link-local"),
+        pytest.param("https://cgnat.example.com/a", url_config(), "not public", id="cgnat"),
+        pytest.param("https://ula.example.com/a", url_config(), "not public", id="ula"),
+        pytest.param("https://nowhere.example.com/a", url_config(), "cannot be resolved", id="nxdomain"),
         pytest.param(
-            "https://localhost:6666\\@images.example.com/", UrlPolicy(), "backslash", id="backslash-authority"
+            "https://localhost:6666\\@images.example.com/", url_config(), "backslash", id="backslash-authority"
         ),
-        pytest.param("https://user:pw@images.example.com/", UrlPolicy(), "credentials", id="userinfo"),
-        pytest.param("https://images.example.com/", UrlPolicy(deny_hosts=("example.com",)), "not allowed", id="denied"),
+        pytest.param("https://user:pw@images.example.com/", url_config(), "credentials", id="userinfo"),
         pytest.param(
-            "https://images.example.com/", UrlPolicy(allow_hosts=("other.org",)), "not allowed", id="not-allowed"
-        ),
-        pytest.param(
-            "https://images.example.com/", UrlPolicy(allow_hosts=("example.com",)), None, id="allowed-subdomain"
+            "https://images.example.com/", url_config(url_deny_hosts=("example.com",)), "not allowed", id="denied"
         ),
         pytest.param(
-            "https://evilexample.com/", UrlPolicy(allow_hosts=("example.com",)), "not allowed", id="suffix-trick"
+            "https://images.example.com/", url_config(url_allow_hosts=("other.org",)), "not allowed", id="not-allowed"
+        ),
+        pytest.param(
+            "https://images.example.com/", url_config(url_allow_hosts=("example.com",)), None, id="allowed-subdomain"
+        ),
+        pytest.param(
+            "https://evilexample.com/", url_config(url_allow_hosts=("example.com",)), "not allowed", id="suffix-trick"
         ),
     ],
 )
-def test_url_policy(url: str, policy: UrlPolicy, problem: str | None) -> None:
+def test_url_policy(url: str, policy: ImagesConfig, problem: str | None, network: Network) -> None:
     if problem is None:
-        check_url(url, policy, DNS)
+        # Past every check, the fetch connects to the address the resolver gave; the test network
+        # refuses it, unsent, and that is the only way it may fail.
+        with pytest.raises(ImageError, match=re.escape(NOT_RETRIEVED)):
+            fetch(url, policy, DNS)
+        assert [address for address, _ in network.connects] == ["93.184.216.34"]
     else:
         with pytest.raises(ImageError, match=problem):
-            check_url(url, policy, DNS)
+            fetch(url, policy, DNS)
+        assert network.connects == []

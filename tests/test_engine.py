@@ -18,10 +18,10 @@ from PIL import Image, ImageOps
 from safetensors.torch import load_file
 
 from clipgate import random_checkpoint
-from clipgate.config import ModelConfig
+from clipgate.config import ImagesConfig, ModelConfig
 from clipgate.engine import Model, ModelLoadError, load_model, resolve_checkpoint
 from clipgate.errors import InvalidRequest
-from clipgate.images import ImageLimits, decode_image
+from clipgate.images import decode_image
 from tests import imagegen
 
 DIM = 512
@@ -93,7 +93,7 @@ def reference_input(data: bytes) -> Image.Image:
 @pytest.mark.parametrize("name", VARIANT_PARAMS)
 def test_image_embedding_matches_reference(model: Model, ref: Reference, name: str) -> None:
     data = VARIANTS[name]
-    got = model.embed_images([model.preprocessor.preprocess(decode_image(data, ImageLimits()))])
+    got = model.embed_images([model.preprocessor.preprocess(decode_image(data, ImagesConfig()))])
     assert got.shape == (1, DIM)
     assert got.dtype == np.float32
     want = ref.embed_image(reference_input(data))
@@ -103,7 +103,7 @@ def test_image_embedding_matches_reference(model: Model, ref: Reference, name: s
 @pytest.mark.parametrize("name", VARIANT_PARAMS)
 def test_preprocess_matches_reference_pixels(model: Model, ref: Reference, name: str) -> None:
     data = VARIANTS[name]
-    got = model.preprocessor.preprocess(decode_image(data, ImageLimits()))
+    got = model.preprocessor.preprocess(decode_image(data, ImagesConfig()))
     want = ref.pixels(reference_input(data))
     assert got.shape == want.shape == (3, 224, 224)
     assert got.dtype == np.float32
@@ -114,7 +114,7 @@ def test_png_16bit_is_scaled_not_clipped(model: Model, ref: Reference) -> None:
     # Pillow's convert("RGB") clips 16-bit samples at 255; clipgate keeps the high byte instead,
     # so the reference is run on the 8-bit picture the file holds.
     data, eight_bit = imagegen.png_16bit_gray()
-    decoded = decode_image(data, ImageLimits())
+    decoded = decode_image(data, ImagesConfig())
     pixels = np.asarray(decoded)
     assert decoded.mode == "RGB"
     assert pixels.min() < 255 and pixels.mean() < 200  # not a white sheet
@@ -126,7 +126,7 @@ def test_png_16bit_is_scaled_not_clipped(model: Model, ref: Reference) -> None:
 
 def test_animated_gif_embeds_its_first_frame(model: Model, ref: Reference) -> None:
     data = imagegen.animated_gif()
-    got = model.embed_images([model.preprocessor.preprocess(decode_image(data, ImageLimits()))])[0]
+    got = model.embed_images([model.preprocessor.preprocess(decode_image(data, ImagesConfig()))])[0]
     frames = Image.open(io.BytesIO(data))
     assert frames.n_frames == 3
     first = ref.embed_image(frames.convert("RGB"))
@@ -139,7 +139,7 @@ def test_animated_gif_embeds_its_first_frame(model: Model, ref: Reference) -> No
 def test_exif_rotated_jpeg_is_upright(model: Model, ref: Reference) -> None:
     data = VARIANTS["exif-rotated"]
     stored = Image.open(io.BytesIO(data))
-    decoded = decode_image(data, ImageLimits())
+    decoded = decode_image(data, ImagesConfig())
     assert stored.size == (300, 200)
     assert decoded.size == (stored.height, stored.width)
     got = model.embed_images([model.preprocessor.preprocess(decoded)])[0]
@@ -150,7 +150,7 @@ def test_exif_rotated_jpeg_is_upright(model: Model, ref: Reference) -> None:
 
 def test_image_batch_matches_single_images(model: Model) -> None:
     names = ["jpeg", "png-gray", "tiny-1x1", "wide-2000x20"]
-    pixels = [model.preprocessor.preprocess(decode_image(VARIANTS[n], ImageLimits())) for n in names]
+    pixels = [model.preprocessor.preprocess(decode_image(VARIANTS[n], ImagesConfig())) for n in names]
     batch = model.embed_images(pixels)
     assert batch.shape == (len(names), DIM)
     for i, one in enumerate(pixels):
@@ -236,7 +236,7 @@ def test_truncating_model_cuts_long_text_to_77_tokens(truncating_model: Model, r
 
 def test_outputs_are_unnormalized_float32(model: Model) -> None:
     images = model.embed_images(
-        [model.preprocessor.preprocess(decode_image(VARIANTS[n], ImageLimits())) for n in ("jpeg", "bmp")]
+        [model.preprocessor.preprocess(decode_image(VARIANTS[n], ImagesConfig())) for n in ("jpeg", "bmp")]
     )
     texts = model.embed_texts(model.preprocessor.tokenize(["a dog", "a cat", ""]))
     for out, n in ((images, 2), (texts, 3)):
@@ -248,11 +248,11 @@ def test_outputs_are_unnormalized_float32(model: Model) -> None:
 
 
 def test_embedding_is_deterministic(model: Model) -> None:
-    pixels = [model.preprocessor.preprocess(decode_image(VARIANTS[n], ImageLimits())) for n in ("jpeg", "png-rgb")]
+    pixels = [model.preprocessor.preprocess(decode_image(VARIANTS[n], ImagesConfig())) for n in ("jpeg", "png-rgb")]
     assert np.array_equal(model.embed_images(pixels), model.embed_images(pixels))
     rows = model.preprocessor.tokenize(TEXTS)
     assert np.array_equal(model.embed_texts(rows), model.embed_texts(rows))
-    again = model.preprocessor.preprocess(decode_image(VARIANTS["jpeg"], ImageLimits()))
+    again = model.preprocessor.preprocess(decode_image(VARIANTS["jpeg"], ImagesConfig()))
     assert np.array_equal(pixels[0], again)
 
 
@@ -308,7 +308,7 @@ def test_uncached_hub_id_without_downloads_is_a_load_error(monkeypatch: pytest.M
 def test_reduced_precision_weights_stay_near_float32(tiny_dir: Path, model: Model, dtype: str, floor: float) -> None:
     low = load_model(ModelConfig(id="random:tiny", device="cpu", dtype=dtype))
     assert low.card.dtype == dtype
-    pixels = model.preprocessor.preprocess(decode_image(imagegen.jpeg(seed=4), ImageLimits()))
+    pixels = model.preprocessor.preprocess(decode_image(imagegen.jpeg(seed=4), ImagesConfig()))
     tokens = model.preprocessor.tokenize(["a photo of a cat", "a dog"])
     for got, want in (
         (low.embed_images([pixels]), model.embed_images([pixels])),
@@ -327,7 +327,7 @@ def test_reduced_jpeg_decode_keeps_reference_parity(model: Model, ref: Reference
 
     data = imagegen.jpeg(seed=11, width=size[0], height=size[1])
     reduce_to = math.ceil(REDUCED_DECODE_MARGIN * model.card.image_size)
-    decoded = decode_image(data, ImageLimits(), reduce_to=reduce_to)
+    decoded = decode_image(data, ImagesConfig(), reduce_to=reduce_to)
     assert decoded.size != size  # the shortcut was taken
     pixels = model.preprocessor.preprocess(decoded)
     # Mean gap to the reference's pixels, measured: <= 0.0017 (an eighth of a grey level); a

@@ -14,12 +14,13 @@ from hypothesis import strategies as st
 from PIL import Image, ImageFile, ImageOps
 
 from clipgate import random_checkpoint
+from clipgate.config import ImagesConfig
 from clipgate.errors import ImageError, PayloadTooLarge
-from clipgate.images import DEFAULT_FORMATS, ImageLimits, ImageTransform, decode_image
+from clipgate.images import ImageTransform, decode_image
 from tests import imagegen
 
 VARIANTS = imagegen.variants()
-LIMITS = ImageLimits()
+LIMITS = ImagesConfig()
 # Same bound as tests/test_engine.py: float32 rounding only (measured <= 4.8e-7); one grey level is 0.014.
 PIXEL_ATOL = 1e-5
 PROPERTY = settings(max_examples=200, deadline=None, database=None, derandomize=True)
@@ -36,7 +37,7 @@ def png_header_only(width: int, height: int) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", pixels) + chunk(b"IEND", b"")
 
 
-def decode_strictly(data: bytes, limits: ImageLimits = LIMITS) -> Image.Image:
+def decode_strictly(data: bytes, limits: ImagesConfig = LIMITS) -> Image.Image:
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         return decode_image(data, limits)
@@ -199,7 +200,7 @@ def test_random_bytes_name_the_supported_formats() -> None:
     with pytest.raises(ImageError) as caught:
         decode_image(data, LIMITS)
     assert caught.value.status == 400
-    for fmt in DEFAULT_FORMATS:
+    for fmt in LIMITS.formats:  # the default set
         assert fmt in caught.value.message
 
 
@@ -229,21 +230,21 @@ def test_formats_outside_the_allow_list_are_refused(fmt: str, params: dict[str, 
 
 def test_allow_list_is_configurable() -> None:
     jpeg = imagegen.sample("jpeg")
-    assert decode_image(jpeg, ImageLimits(formats=("JPEG",))).mode == "RGB"
+    assert decode_image(jpeg, ImagesConfig(formats=("JPEG",))).mode == "RGB"
     with pytest.raises(ImageError, match=r"\(PNG\)"):
-        decode_image(jpeg, ImageLimits(formats=("PNG",)))
+        decode_image(jpeg, ImagesConfig(formats=("PNG",)))
 
 
 def test_too_many_pixels_is_refused_before_decoding(no_pixel_decoding: None) -> None:
     data = imagegen.sample("png")  # 320x240
     with pytest.raises(PayloadTooLarge) as caught:
-        decode_image(data, ImageLimits(max_pixels=320 * 240 - 1))
+        decode_image(data, ImagesConfig(max_pixels=320 * 240 - 1))
     assert caught.value.status == 413
     assert "320x240" in caught.value.message
 
 
 def test_exactly_max_pixels_is_accepted() -> None:
-    assert decode_image(imagegen.sample("png"), ImageLimits(max_pixels=320 * 240)).size == (320, 240)
+    assert decode_image(imagegen.sample("png"), ImagesConfig(max_pixels=320 * 240)).size == (320, 240)
 
 
 @pytest.mark.parametrize(
@@ -266,9 +267,9 @@ def test_huge_declared_dimensions_are_refused_from_the_header(side: int, no_pixe
 def test_over_max_bytes_is_refused() -> None:
     data = imagegen.sample("png")
     with pytest.raises(PayloadTooLarge) as caught:
-        decode_image(data, ImageLimits(max_bytes=len(data) - 1))
+        decode_image(data, ImagesConfig(max_bytes=len(data) - 1))
     assert caught.value.status == 413
-    assert decode_image(data, ImageLimits(max_bytes=len(data))).mode == "RGB"
+    assert decode_image(data, ImagesConfig(max_bytes=len(data))).mode == "RGB"
 
 
 # --- hostile input, property-based -------------------------------------------------------------
@@ -420,7 +421,7 @@ def test_reduced_decode_keeps_the_shortest_side_at_least_reduce_to(
     fmt: str, size: tuple[int, int], want: tuple[int, int]
 ) -> None:
     data = imagegen.encode(imagegen.picture(*size), fmt)
-    image = decode_image(data, ImageLimits(), reduce_to=336)
+    image = decode_image(data, ImagesConfig(), reduce_to=336)
     assert image.size == want
     assert image.mode == "RGB"
     assert min(image.size) >= 336
@@ -432,9 +433,9 @@ def test_reduced_decode_respects_exif_orientation() -> None:
     exif = Image.Exif()
     exif[0x0112] = 8  # rotate 90 CW to display
     data = imagegen.encode(rotated, "JPEG", exif=exif.tobytes(), quality=95)
-    image = decode_image(data, ImageLimits(), reduce_to=336)
+    image = decode_image(data, ImagesConfig(), reduce_to=336)
     assert image.size == (400, 800)
-    full = decode_image(data, ImageLimits()).resize((400, 800))
+    full = decode_image(data, ImagesConfig()).resize((400, 800))
     diff = np.abs(np.asarray(image, dtype=np.int16) - np.asarray(full, dtype=np.int16))
     assert diff.mean() < 4  # the same picture, the same way up
 
@@ -442,7 +443,7 @@ def test_reduced_decode_respects_exif_orientation() -> None:
 def test_reduced_decode_still_checks_limits_on_the_full_size() -> None:
     data = imagegen.encode(imagegen.picture(2000, 1500), "JPEG")
     with pytest.raises(PayloadTooLarge):
-        decode_image(data, ImageLimits(max_pixels=2000 * 1500 - 1), reduce_to=336)
+        decode_image(data, ImagesConfig(max_pixels=2000 * 1500 - 1), reduce_to=336)
 
 
 @given(st.binary(max_size=300), st.sampled_from(["plain", "lines", "urlsafe", "unpadded", "data-uri"]))
@@ -469,7 +470,7 @@ def test_base64_in_every_client_spelling_decodes_to_the_same_bytes(data: bytes, 
 def test_pillow_bomb_warning_is_an_error_not_a_warning(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # a 320x240 sample is now "a bomb" to Pillow
     with pytest.raises(PayloadTooLarge, match="76800 pixels"):
-        decode_image(imagegen.sample("png"), ImageLimits())
+        decode_image(imagegen.sample("png"), ImagesConfig())
 
 
 def test_the_service_lowers_pillows_bomb_threshold_to_ours(monkeypatch: pytest.MonkeyPatch) -> None:

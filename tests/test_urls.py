@@ -22,20 +22,28 @@ import urllib3.util.connection
 from starlette.testclient import TestClient
 
 from clipgate.app import create_app
+from clipgate.config import ImagesConfig
 from clipgate.engine import Model
 from clipgate.errors import ImageError, PayloadTooLarge
-from clipgate.urls import UrlPolicy, fetch
+from clipgate.urls import fetch
 from tests import imagegen
 from tests.conftest import make_config
 
 JPEG = imagegen.jpeg(seed=9)
-LOOPBACK = UrlPolicy(
-    allow_http=True, allow_ip_hosts=True, allow_private_addresses=True, timeout_s=5, max_bytes=len(JPEG) + 10
+
+
+def url_config(**images: Any) -> ImagesConfig:
+    """The [images] config section, image URLs enabled, with `images` changed: what `fetch` reads."""
+    return ImagesConfig(allow_url=True, **images)
+
+
+LOOPBACK = url_config(
+    allow_http_url=True, allow_ip_hosts=True, allow_private_addresses=True, url_timeout_s=5, max_bytes=len(JPEG) + 10
 )
 # Names and loopback allowed, as for an operator who fetches from an internal image store.
-PRIVATE_NAMES = UrlPolicy(allow_http=True, allow_private_addresses=True, timeout_s=5, max_bytes=len(JPEG) + 10)
+PRIVATE_NAMES = url_config(allow_http_url=True, allow_private_addresses=True, url_timeout_s=5, max_bytes=len(JPEG) + 10)
 # The default address rules, http allowed so loopback servers can stand in for public ones.
-PUBLIC_ONLY = UrlPolicy(allow_http=True, timeout_s=5, max_bytes=len(JPEG) + 10)
+PUBLIC_ONLY = url_config(allow_http_url=True, url_timeout_s=5, max_bytes=len(JPEG) + 10)
 PUBLIC_IP = "93.184.216.34"  # never contacted: the `network` fixture routes it to a loopback server
 
 
@@ -238,14 +246,14 @@ def test_a_slow_trickle_hits_the_overall_deadline(origin: str) -> None:
     with pytest.raises(ImageError, match="too long"):
         fetch(
             f"{origin}/slow",
-            UrlPolicy(allow_http=True, allow_ip_hosts=True, allow_private_addresses=True, timeout_s=0.5),
+            url_config(allow_http_url=True, allow_ip_hosts=True, allow_private_addresses=True, url_timeout_s=0.5),
         )
     assert time.monotonic() - started < 1.5
 
 
 @pytest.mark.parametrize("path", ["/slow-headers", "/silent"])
 def test_a_server_that_stalls_before_the_body_hits_the_deadline(origin: str, path: str) -> None:
-    policy = UrlPolicy(allow_http=True, allow_ip_hosts=True, allow_private_addresses=True, timeout_s=0.5)
+    policy = url_config(allow_http_url=True, allow_ip_hosts=True, allow_private_addresses=True, url_timeout_s=0.5)
     started = time.monotonic()
     with pytest.raises(ImageError, match="too long"):
         fetch(f"{origin}{path}", policy)
@@ -254,7 +262,7 @@ def test_a_server_that_stalls_before_the_body_hits_the_deadline(origin: str, pat
 
 def test_default_policy_refuses_loopback(origin: str) -> None:
     with pytest.raises(ImageError):
-        fetch(f"{origin}/cat.jpg", UrlPolicy())
+        fetch(f"{origin}/cat.jpg", url_config())
 
 
 def test_a_name_only_the_fake_resolver_knows_is_fetched_from_the_checked_address(
@@ -339,7 +347,7 @@ def test_every_non_global_address_class_is_refused_without_connecting(address: s
     for answer in ([address], [PUBLIC_IP, address], [address, PUBLIC_IP]):  # one bad answer is enough
         dns = FakeDNS({"images.example.test": [answer]})
         with pytest.raises(ImageError, match="not public|cannot be fetched"):
-            fetch("https://images.example.test/cat.jpg", UrlPolicy(), dns)
+            fetch("https://images.example.test/cat.jpg", url_config(), dns)
     assert network.connects == []
 
 
@@ -371,13 +379,13 @@ def test_a_mapped_address_is_connected_to_as_ipv4_when_private_addresses_are_all
         pytest.param("http://nowhere.example.test/x", PUBLIC_ONLY, "cannot be resolved", id="nxdomain"),
         pytest.param(
             "http://images.example.test/x",
-            UrlPolicy(allow_http=True, deny_hosts=("images.example.test",)),
+            url_config(allow_http_url=True, url_deny_hosts=("images.example.test",)),
             "not allowed",
             id="denied-host",
         ),
         pytest.param(
             "http://images.example.test/x",
-            UrlPolicy(allow_http=True, allow_hosts=("public.example.test",)),
+            url_config(allow_http_url=True, url_allow_hosts=("public.example.test",)),
             "not allowed",
             id="outside-allow-list",
         ),
@@ -387,7 +395,7 @@ def test_a_mapped_address_is_connected_to_as_ipv4_when_private_addresses_are_all
     ],
 )
 def test_a_redirect_to_a_refused_destination_is_refused(
-    location: str, policy: UrlPolicy, message: str, server: Server, public_server: Server, network: Network
+    location: str, policy: ImagesConfig, message: str, server: Server, public_server: Server, network: Network
 ) -> None:
     # public.example.test is the routed "public" server, which redirects to `location`.
     network.routes[(PUBLIC_IP, 80)] = public_server.port
@@ -412,14 +420,14 @@ def test_a_redirect_to_a_refused_destination_is_refused(
 def test_http_is_refused_unless_allowed(network: Network) -> None:
     dns = FakeDNS({"images.example.test": [[PUBLIC_IP]]})
     with pytest.raises(ImageError, match="https"):
-        fetch("http://images.example.test/cat.jpg", UrlPolicy(), dns)
+        fetch("http://images.example.test/cat.jpg", url_config(), dns)
     assert dns.calls == [] and network.connects == []
 
 
 def test_redirects_are_bounded(server: Server, network: Network) -> None:
-    policy = UrlPolicy(allow_http=True, allow_ip_hosts=True, allow_private_addresses=True, max_redirects=3)
+    policy = url_config(allow_http_url=True, allow_ip_hosts=True, allow_private_addresses=True, url_max_redirects=3)
     server.hits.clear()
-    assert fetch(f"http://127.0.0.1:{server.port}/chain/3", policy) == JPEG  # exactly max_redirects hops
+    assert fetch(f"http://127.0.0.1:{server.port}/chain/3", policy) == JPEG  # exactly url_max_redirects hops
     assert len(server.hits) == 4
     server.hits.clear()
     with pytest.raises(ImageError, match="redirected too many times"):
@@ -429,7 +437,9 @@ def test_redirects_are_bounded(server: Server, network: Network) -> None:
     with pytest.raises(ImageError, match="redirected too many times"):
         fetch(f"http://127.0.0.1:{server.port}/loop", policy)
     assert len(server.hits) == 4
-    no_redirects = UrlPolicy(allow_http=True, allow_ip_hosts=True, allow_private_addresses=True, max_redirects=0)
+    no_redirects = url_config(
+        allow_http_url=True, allow_ip_hosts=True, allow_private_addresses=True, url_max_redirects=0
+    )
     with pytest.raises(ImageError, match="redirected too many times"):
         fetch(f"http://127.0.0.1:{server.port}/hop", no_redirects)
 

@@ -17,11 +17,11 @@ import trustme
 
 from clipgate import urls
 from clipgate.errors import ImageError
-from clipgate.urls import UrlPolicy, fetch
-from tests.test_urls import JPEG, FakeDNS, Network, Server, install_network
+from clipgate.urls import fetch
+from tests.test_urls import JPEG, FakeDNS, Network, Server, install_network, url_config
 
 HOST = "images.example.test"
-POLICY = UrlPolicy(allow_private_addresses=True, timeout_s=5, max_bytes=len(JPEG) + 10)
+POLICY = url_config(allow_private_addresses=True, url_timeout_s=5, max_bytes=len(JPEG) + 10)
 
 
 class TlsServer(Server):

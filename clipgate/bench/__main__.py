@@ -139,7 +139,8 @@ def sweep_bare(
     """Every batch size once, to find the best; the decode cost; parity of preprocessing and dtype."""
     import torch
 
-    from clipgate.images import ImageLimits, decode_image
+    from clipgate.config import ImagesConfig
+    from clipgate.images import decode_image
     from clipgate.service import REDUCED_DECODE_MARGIN
 
     results: dict[str, Any] = {}
@@ -163,7 +164,7 @@ def sweep_bare(
         "transformers_processor": round(bare.reference_decode_seconds(model_dir, jpegs) * 1000, 2),
     }
     log("parity: our preprocessing against transformers' processor, through the model")
-    limits = ImageLimits()
+    limits = ImagesConfig()
     reference = model.image_vectors(bare.reference_pixels(model_dir, jpegs))
     ours_reduced = np.stack([transform(decode_image(j, limits, reduce_to=reduce_to)) for j in jpegs])
     ours_full = np.stack([transform(decode_image(j, limits)) for j in jpegs])

@@ -18,8 +18,9 @@ import numpy as np
 import torch
 from numpy.typing import NDArray
 
+from clipgate.config import ImagesConfig
 from clipgate.engine import load_tokenizer
-from clipgate.images import ImageLimits, ImageTransform, decode_base64, decode_image
+from clipgate.images import ImageTransform, decode_base64, decode_image
 
 Array = NDArray[np.float32]
 
@@ -103,7 +104,7 @@ def best(points: Sequence[Point]) -> Point:
 def decode_seconds(jpegs: Sequence[bytes], transform: ImageTransform, *, reduce_to: int | None) -> float:
     """Median seconds to turn one base64 JPEG into model input, as the gateway does."""
     encoded = [base64.b64encode(j).decode() for j in jpegs]
-    limits = ImageLimits()
+    limits = ImagesConfig()
 
     def one_pass() -> None:
         for e in encoded:
