@@ -8,7 +8,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from clipgate.adapter import Adapter, Body, Operation, Reply, ServerState
+from clipgate.adapter import Adapter, Body, Operation, Reply, ServerState, bearer_token
 from clipgate.canonical import (
     JSON,
     EmbedRequest,
@@ -122,8 +122,7 @@ def render_error(err: ClipgateError) -> Reply:
 
 
 def credential(body: Body, meta: RequestMeta) -> str | None:
-    scheme, _, token = meta.headers.get("authorization", "").partition(" ")
-    return token.strip() if scheme.lower() == "bearer" and token.strip() else None
+    return bearer_token(meta)
 
 
 def response_headers(meta: RequestMeta) -> Mapping[str, str]:

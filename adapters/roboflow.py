@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from clipgate.adapter import Adapter, Body, Operation, Reply, ServerState
+from clipgate.adapter import Adapter, Body, Operation, Reply, ServerState, bearer_token
 from clipgate.canonical import (
     JSON,
     EmbedRequest,
@@ -173,9 +173,9 @@ def credential(body: Body, meta: RequestMeta) -> str | None:
     """Roboflow's order: `?api_key=`, then `Authorization: Bearer`, then the body's `api_key`."""
     if meta.query.get("api_key"):
         return meta.query["api_key"]
-    scheme, _, token = meta.headers.get("authorization", "").partition(" ")
-    if scheme.lower() == "bearer" and token.strip():
-        return token.strip()
+    token = bearer_token(meta)
+    if token is not None:
+        return token
     if isinstance(body, dict) and isinstance(body.get("api_key"), str):
         return str(body["api_key"])
     return None

@@ -81,6 +81,12 @@ def _no_headers(meta: RequestMeta) -> Mapping[str, str]:
     return {}
 
 
+def bearer_token(meta: RequestMeta) -> str | None:
+    """The token of an `Authorization: Bearer <token>` header (scheme case-insensitive), else None."""
+    scheme, _, token = meta.headers.get("authorization", "").partition(" ")
+    return token.strip() if scheme.lower() == "bearer" and token.strip() else None
+
+
 @dataclass(frozen=True, slots=True)
 class Adapter:
     """A vendor: its routes, where its clients put their key, and how it shows an error.
