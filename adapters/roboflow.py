@@ -214,8 +214,8 @@ def model_registry(state: ServerState, meta: RequestMeta) -> Reply:
 ADAPTER = Adapter(
     name="roboflow",
     operations=(
-        Operation("/clip/embed_image", parse=parse_embed_image, render=render_embeddings),
-        Operation("/clip/embed_text", parse=parse_embed_text, render=render_embeddings),
+        Operation("/clip/embed_image", parse=parse_embed_image, render=render_embeddings, carries=("image",)),
+        Operation("/clip/embed_text", parse=parse_embed_text, render=render_embeddings, carries=("text",)),
         Operation("/clip/compare", parse=parse_compare, render=render_compare),
         Operation("/info", methods=("GET",), body="none", respond=info, public=True),
         Operation("/healthz", methods=("GET",), body="none", respond=healthz, public=True),

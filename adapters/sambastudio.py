@@ -96,10 +96,26 @@ def credential(body: Body, meta: RequestMeta) -> str | None:
 ADAPTER = Adapter(
     name="sambastudio",
     operations=(
-        Operation("/api/predict/file/{project}/{endpoint}", body="multipart", parse=parse_file, render=render_data),
-        Operation("/api/predict/nlp/{project}/{endpoint}", parse=parse_nlp, render=render_data),
-        Operation("/api/predict/generic/{project}/{endpoint}", parse=parse_generic_v1, render=render_predictions),
-        Operation("/api/v2/predict/generic/{project}/{endpoint}", parse=parse_generic_v2, render=render_items),
+        Operation(
+            "/api/predict/file/{project}/{endpoint}",
+            body="multipart",
+            parse=parse_file,
+            render=render_data,
+            carries=("image",),
+        ),
+        Operation("/api/predict/nlp/{project}/{endpoint}", parse=parse_nlp, render=render_data, carries=("text",)),
+        Operation(
+            "/api/predict/generic/{project}/{endpoint}",
+            parse=parse_generic_v1,
+            render=render_predictions,
+            carries=("text",),
+        ),
+        Operation(
+            "/api/v2/predict/generic/{project}/{endpoint}",
+            parse=parse_generic_v2,
+            render=render_items,
+            carries=("text",),
+        ),
     ),
     render_error=render_error,
     credential=credential,

@@ -71,6 +71,7 @@ class Operation:
     render: Callable[[EmbedResult, EmbedRequest], JSON] | None = None
     respond: Callable[[ServerState, RequestMeta], Reply] | None = None
     public: bool = False  # reachable without a credential (probes, info)
+    carries: tuple[Literal["image", "text"], ...] = ("image", "text")  # bounds the body a route may need
 
     def __post_init__(self) -> None:
         if (self.parse is None) != (self.render is None) or (self.parse is None) == (self.respond is None):

@@ -23,6 +23,7 @@ from starlette.routing import BaseRoute, Route
 from adapters import REGISTRY
 from clipgate import __version__, probes, runtime
 from clipgate.adapter import Adapter
+from clipgate.budget import BodyBudget, auto_capacity
 from clipgate.config import Config, load_config
 from clipgate.engine import Model, ModelLoadError, load_model
 from clipgate.errors import ClipgateError, MethodNotAllowed, RouteNotFound
@@ -62,7 +63,7 @@ def build_routes(config: Config, state: AppState) -> list[BaseRoute]:
             if other != name:
                 raise ValueError(f"{path} is served by both {other} and {name}; give one a prefix")
             # Every method reaches the endpoint, which answers a wrong one in the vendor's shape.
-            endpoint = make_endpoint(adapter, op, settings, config.server, state)
+            endpoint = make_endpoint(adapter, op, settings, config, state)
             routes.append(Route(path, endpoint, methods=ALL_METHODS))
     return routes
 
@@ -108,7 +109,9 @@ def create_app(
     failure calls `on_fatal` with one line), or, with `wait_ready`, before startup completes (a
     load failure fails the startup), for hosts that count a worker as ready once it has started.
     A `model` handed in is warmed before startup completes."""
-    state = AppState(__version__)
+    server = config.server
+    budget = BodyBudget(server.max_inflight_body_bytes or auto_capacity(), server.body_budget_wait_s)
+    state = AppState(__version__, budget)
 
     async def load() -> None:
         loop = asyncio.get_running_loop()

@@ -49,6 +49,8 @@ class ServerConfig:
     port: int = 8000
     log_level: str = "info"
     max_body_bytes: int = 64 * 1024 * 1024
+    max_inflight_body_bytes: int = 0  # 0: a fraction of the memory (clipgate.budget.auto_capacity)
+    body_budget_wait_s: float = 1.0
     max_images: int = 64
     max_texts: int = 1024
     max_text_chars: int = 16384
@@ -71,6 +73,8 @@ class ServerConfig:
         for key in ("max_queue_wait_s", "request_timeout_s"):
             _require(getattr(self, key) > 0, f"server.{key}", "must be positive", getattr(self, key))
         _require(self.drain_grace_s >= 0, "server.drain_grace_s", "must not be negative", self.drain_grace_s)
+        for key in ("max_inflight_body_bytes", "body_budget_wait_s"):
+            _require(getattr(self, key) >= 0, f"server.{key}", "must not be negative", getattr(self, key))
 
 
 @dataclass(frozen=True)

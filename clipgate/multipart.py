@@ -23,7 +23,7 @@ class _Part:
     data: list[bytes] = field(default_factory=list)
 
 
-def parse_form(body: bytes, content_type_header: str, *, max_parts: int) -> list[FormPart]:
+def parse_form(body: bytes | bytearray, content_type_header: str, *, max_parts: int) -> list[FormPart]:
     """Split `body` into its parts. Raises InvalidRequest for a body that is not multipart,
     and PayloadTooLarge past `max_parts` parts."""
     media_type, options = parse_options_header(content_type_header)
@@ -66,7 +66,7 @@ def parse_form(body: bytes, content_type_header: str, *, max_parts: int) -> list
     }
     try:
         parser = MultipartParser(boundary, callbacks)  # type: ignore[arg-type]
-        parser.write(body)
+        parser.write(body)  # type: ignore[arg-type]  # a bytearray is read as bytes are
         parser.finalize()
     except FormParserError as exc:  # MultipartParseError and the parser's other refusals
         raise InvalidRequest(f"The multipart body cannot be parsed: {exc}") from exc

@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from typing import TYPE_CHECKING
 
+from clipgate.budget import BodyBudget
 from clipgate.canonical import ModelCard
 
 if TYPE_CHECKING:
@@ -15,8 +16,9 @@ class AppState:
     """One per app. `service` is set once the model is loaded and warm, and cleared when the app
     stops: while it is None, embedding requests get 503 and readiness probes say not ready."""
 
-    def __init__(self, version: str) -> None:
+    def __init__(self, version: str, body_budget: BodyBudget) -> None:
         self.service: EmbeddingService | None = None
+        self.body_budget = body_budget  # request body bytes in flight, over every request
         self.draining = False  # SIGTERM: probes say not ready while requests in flight finish
         self.inflight = 0  # embedding requests being read, decoded or waiting
         self.version = version

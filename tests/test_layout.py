@@ -102,6 +102,7 @@ NO_HTTP = [
     "__init__.py",
     "adapter.py",
     "batcher.py",
+    "budget.py",
     "canonical.py",
     "config.py",
     "cpu_turns.py",

@@ -32,7 +32,7 @@ from typing import Any
 
 import orjson
 
-from clipgate.bench import loadgen, servers, workload
+from clipgate.bench import burst, loadgen, servers, workload
 
 OVERLOAD_STATUSES = {503, 429}
 
@@ -154,6 +154,23 @@ def judge(report: dict[str, Any], rss_growth_mib: float, max_growth_mib: float, 
     return problems
 
 
+def judge_bursts(bursts: dict[str, burst.BurstReport], max_growth_mib: float) -> list[str]:
+    """Every large body answered (413, or 503/429 from the body budget), the peak within its bound,
+    a valid request served during the burst, and the memory back within 10% afterwards."""
+    problems = []
+    for name, report in bursts.items():
+        statuses = report.statuses()
+        if set(statuses) - {"413", "429", "503"}:
+            problems.append(f"burst ({name}): answers other than 413/429/503: {statuses}")
+        if report.peak_mib - report.rss_before_mib > max_growth_mib:
+            problems.append(f"burst ({name}): peak grew {report.peak_mib - report.rss_before_mib:.0f} MiB")
+        if report.valid_status != 200:
+            problems.append(f"burst ({name}): a valid request was answered {report.valid_status}")
+        if report.rss_after_mib > 1.10 * report.rss_before_mib:
+            problems.append(f"burst ({name}): memory did not come back ({report.summary()})")
+    return problems
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m clipgate.bench.soak", description=__doc__.split("\n")[0])
     parser.add_argument("--model", default="random:base")
@@ -162,6 +179,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--capacity-s", type=float, default=10.0, help="seconds spent measuring capacity")
     parser.add_argument("--overload", type=float, default=2.0, help="arrival rate as a multiple of capacity")
     parser.add_argument("--max-rss-growth-mib", type=float, default=256.0, help="allowed growth of resident memory")
+    parser.add_argument("--burst-clients", type=int, default=200, help="clients in the large-body burst (0: none)")
+    parser.add_argument("--burst-mb", type=int, default=60, help="each burst body's size in MiB")
+    parser.add_argument("--max-burst-growth-mib", type=float, default=1536.0, help="allowed peak growth in the burst")
     parser.add_argument("--out", default="soak-results.json")
     args = parser.parse_args(argv)
     jpegs = [workload.photo_jpeg(seed) for seed in range(4)]
@@ -206,6 +226,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         }
         summary = report.summary()
         growth = (after_mem["VmRSS"] - before["VmRSS"]) / 1024
+        bursts: dict[str, Any] = {}
+        for chunked, clients in ((False, args.burst_clients), (True, args.burst_clients // 4)):
+            if clients:
+                name = "chunked" if chunked else "declared"
+                print(f"[soak] burst: {clients} clients x {args.burst_mb} MiB bodies ({name})", file=sys.stderr)
+                body = burst.image_body(args.burst_mb)
+                bursts[name] = burst.run(port, server.pid, [("/clip/embed_image", body)] * clients, chunked=chunked)
         results.update(
             capacity_per_s=round(capacity.rate, 2),
             load=summary,
@@ -215,9 +242,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             rss_growth_mib=round(growth, 1),
             rss_samples_mib=samples,
             after=after,
+            bursts={name: b.summary() for name, b in bursts.items()},
             wall_s=round(time.perf_counter() - started, 1),
         )
     problems = judge(summary, growth, args.max_rss_growth_mib, after)
+    problems += judge_bursts(bursts, args.max_burst_growth_mib)
     results["problems"] = problems
     Path(args.out).write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2))
     print(
@@ -234,6 +263,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"(growth {results['rss_growth_mib']}), peak {results['rss_peak_mib']} MiB; samples {samples}"
     )
     print(f"afterwards: valid request {after['valid']}, readiness {after['readiness']}")
+    for name, b in bursts.items():
+        print(f"burst ({name}): {b.summary()}")
     print("PASS" if not problems else "FAIL:\n  " + "\n  ".join(problems))
     print(f"figures in {args.out}")
     return 0 if not problems else 1

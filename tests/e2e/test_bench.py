@@ -113,7 +113,7 @@ def test_make_soak_short_run_passes_and_reports(cache_dir: Path, tiny_dir: Path,
     out = tmp_path / "soak.json"
     done = subprocess.run(
         [sys.executable, "-m", "clipgate.bench.soak", "--model", "random:tiny", "--duration", "6"]
-        + ["--capacity-s", "2", "--out", str(out)],
+        + ["--capacity-s", "2", "--burst-clients", "8", "--burst-mb", "30", "--out", str(out)],
         capture_output=True,
         text=True,
         timeout=180,
@@ -126,6 +126,8 @@ def test_make_soak_short_run_passes_and_reports(cache_dir: Path, tiny_dir: Path,
     assert all(int(code) < 500 or int(code) == 503 for label in statuses.values() for code in label)
     assert {int(code) for code in statuses["hostile"]} - {503, 429} <= {400, 404, 413, 422}
     assert figures["after"] == {"valid": 200, "readiness": 200}
+    assert set(figures["bursts"]) == {"declared", "chunked"}
+    assert figures["bursts"]["declared"]["clients"] == 8 and figures["bursts"]["declared"]["valid_status"] == 200
     assert "PASS" in done.stdout
 
 
