@@ -62,6 +62,7 @@ def serve(config: Config) -> int:
 
     from clipgate.app import create_app
     from clipgate.engine import ModelLoadError, backend, resolve_checkpoint
+    from clipgate.logs import configure_logging
 
     try:
         backend(config.model).check_device(config.model.device)  # fail in seconds, before the server
@@ -77,13 +78,16 @@ def serve(config: Config) -> int:
         if server is not None:
             server.should_exit = True
 
+    configure_logging(config.server)  # before uvicorn's first line, so every line has one format
     server = uvicorn.Server(
         uvicorn.Config(
             functools.partial(create_app, config, on_fatal=on_fatal),
             factory=True,
             host=config.server.host,
             port=config.server.port,
+            log_config=None,
             log_level=config.server.log_level,
+            access_log=False,  # clipgate writes its own access line (clipgate.logs)
             lifespan="on",
             timeout_graceful_shutdown=30,
         )
