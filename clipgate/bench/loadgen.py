@@ -73,7 +73,6 @@ class LoadReport:
     latencies_s: list[float] = field(default_factory=list)
     statuses: collections.Counter[int] = field(default_factory=collections.Counter)
     failures: collections.Counter[str] = field(default_factory=collections.Counter)
-    items_per_request: float = 1.0
     bad_bodies: int = 0
 
     @property
@@ -82,13 +81,8 @@ class LoadReport:
 
     @property
     def rate(self) -> float:
-        """Requests per second."""
+        """Requests per second (each benchmark request carries one image or text)."""
         return self.completed / self.elapsed_s if self.elapsed_s else 0.0
-
-    @property
-    def item_rate(self) -> float:
-        """Images or texts per second."""
-        return self.rate * self.items_per_request
 
     def percentile(self, q: float) -> float:
         return percentile(self.latencies_s, q)
@@ -99,7 +93,7 @@ class LoadReport:
             "elapsed_s": round(self.elapsed_s, 3),
             "requests": self.completed,
             "requests_per_s": round(self.rate, 2),
-            "items_per_s": round(self.item_rate, 2),
+            "items_per_s": round(self.rate, 2),
             "p50_ms": round(self.percentile(50) * 1000, 2),
             "p99_ms": round(self.percentile(99) * 1000, 2),
             "statuses": {str(k): v for k, v in sorted(self.statuses.items())},
@@ -199,7 +193,6 @@ async def run_load(
     duration_s: float | None = None,
     warmup: int = 0,
     timeout_s: float = 60.0,
-    items_per_request: float = 1.0,
     check: Callable[[Response], bool] | None = None,
     on_progress: Callable[[int], None] | None = None,
 ) -> LoadReport:
@@ -209,7 +202,7 @@ async def run_load(
     its connection is dropped. `check`, when given, validates each 200 body."""
     if total is None and duration_s is None:
         raise ValueError("a load run needs a request count, a duration, or both")
-    report = LoadReport(concurrency=concurrency, items_per_request=items_per_request)
+    report = LoadReport(concurrency=concurrency)
     cycle: Iterator[bytes] = itertools.cycle(requests)
     budget = itertools.count()
     if warmup:
