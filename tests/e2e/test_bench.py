@@ -34,23 +34,24 @@ def test_load_generator_counts_statuses_and_checks_bodies(live_server: str) -> N
             check=loadgen.has_json_key("embeddings"),
         )
     )
-    assert report.completed == 12
+    assert report.answered == 12 and report.succeeded == 6
     assert report.statuses == {200: 6, 422: 6}
     assert report.bad_bodies == 0 and not report.failures
+    assert report.problems() == ["6 x 422"]
     assert 0 < report.percentile(50) <= report.percentile(99)
 
 
 def test_load_generator_sends_multipart_the_server_reads(live_server: str) -> None:
     raw = loadgen.multipart_request("/api/predict/file/p/e", "predict_file", "photo.jpg", workload.photo_jpeg(1))
     report = asyncio.run(loadgen.run_load("127.0.0.1", _port(live_server), [raw], concurrency=2, total=4))
-    assert report.statuses == {200: 4}
+    assert report.statuses == {200: 4} and report.clean
 
 
 def test_load_generator_stops_at_its_deadline(live_server: str) -> None:
     image = base64.b64encode(workload.photo_jpeg(2)).decode()
     raw = loadgen.json_request("/clip/embed_image", {"image": {"type": "base64", "value": image}})
     report = asyncio.run(loadgen.run_load("127.0.0.1", _port(live_server), [raw], concurrency=4, duration_s=0.5))
-    assert report.elapsed_s <= 0.5 and report.completed >= 1
+    assert report.elapsed_s <= 0.5 and report.succeeded >= 1
 
 
 def test_a_dead_port_is_counted_as_failures_not_raised() -> None:
@@ -59,7 +60,7 @@ def test_a_dead_port_is_counted_as_failures_not_raised() -> None:
     report = asyncio.run(
         loadgen.run_load("127.0.0.1", free_port(), [b"GET / HTTP/1.1\r\n\r\n"], concurrency=2, total=4)
     )
-    assert report.completed == 0 and sum(report.failures.values()) == 4
+    assert report.answered == 0 and report.rate == 0.0 and sum(report.failures.values()) == 4
 
 
 def test_percentile_is_nearest_rank() -> None:
@@ -85,6 +86,7 @@ def test_make_bench_quick_runs_every_phase_and_writes_its_figures(
     figures = json.loads(out.read_text())
     measures = [row["measure"] for row in figures["verdict"]]
     assert len(measures) == 9, measures
+    assert all(row["why"] == [] for row in figures["verdict"]), figures["verdict"]
     assert "ratio" in done.stdout and "p50 ms, one image c1" in done.stdout
     (one_round,) = figures["rounds"]
     loads = {phase: summary for phase, summary in one_round.items() if isinstance(summary, dict)}
@@ -100,11 +102,12 @@ def test_make_bench_quick_runs_every_phase_and_writes_its_figures(
     }
     for phase, summary in loads.items():
         assert set(summary["statuses"]) == {"200"}, (phase, summary)
-        assert summary["requests"] > 0 and not summary["failures"] and not summary["bad_bodies"], (phase, summary)
+        assert summary["succeeded"] == summary["answered"] > 0 and summary["per_s"] > 0, (phase, summary)
+        assert summary["problems"] == [] and not summary["failures"] and not summary["bad_bodies"], (phase, summary)
     for bare in ("bare_image_b1_per_s", "bare_images_per_s", "bare_short_texts_per_s", "bare_reduced_images_per_s"):
         assert one_round[bare] > 0
     soak = figures["clipgate_soak"]
-    assert soak["load"]["statuses"] == {"200": 80}
+    assert soak["load"]["statuses"] == {"200": 80} and soak["load"]["succeeded"] == 80
     assert soak["peak_rss_mib"] >= soak["rss_before_mib"] > 0
     assert figures["bare"]["parity"]["reduced_decode_min_cosine"] > 0.9999
 
