@@ -1,5 +1,6 @@
-"""The benchmark's honesty rules, without a model: only good 200s count towards a figure, and a
-phase with anything else fails every target built on it."""
+"""The benchmark's honesty rules, without a model: only good 200s count towards a figure, a
+phase with anything else fails every target built on it, and bfloat16 is measured only on a
+CPU that has it natively."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from clipgate.bench import loadgen
+from clipgate.bench import cpu, loadgen
 from clipgate.bench.__main__ import table, verdict
 
 # --- LoadReport: what counts ----------------------------------------------------------------
@@ -215,3 +216,53 @@ def test_a_latency_row_from_refusals_fails_though_its_zero_ratio_is_under_the_bo
         "p50 ms, one image c1 / (bare batch 1 + decode)"
     ]
     assert row.ratio == 0.0 and not row.ok and row.why == ("image_c1: 15 x 503",)
+
+
+# --- native bfloat16 ------------------------------------------------------------------------
+
+AVX2_ONLY = """processor\t: 0
+vendor_id\t: GenuineIntel
+model name\t: Intel(R) Xeon(R) CPU @ 2.20GHz
+flags\t\t: fpu vme de pse tsc msr sse sse2 ssse3 fma sse4_1 sse4_2 avx f16c avx2 bmi2
+bugs\t\t: spectre_v1 spectre_v2
+
+processor\t: 1
+flags\t\t: fpu vme de pse tsc msr sse sse2 ssse3 fma sse4_1 sse4_2 avx f16c avx2 bmi2
+"""
+AVX512_NO_BF16 = "flags\t\t: fpu sse2 avx avx2 avx512f avx512dq avx512cd avx512bw avx512vl avx512_vnni\n"
+AVX512_BF16 = "flags\t\t: fpu sse2 avx avx2 avx512f avx512bw avx512_vnni avx512_bf16 avx512_fp16\n"
+AMX = "flags\t\t: fpu sse2 avx avx2 avx512f amx_bf16 amx_tile amx_int8\n"
+
+
+@pytest.mark.parametrize(
+    ("cpuinfo", "native"),
+    [
+        pytest.param(AVX2_ONLY, False, id="avx2"),
+        pytest.param(AVX512_NO_BF16, False, id="avx512-without-bf16"),
+        pytest.param(AVX512_BF16, True, id="avx512_bf16"),
+        pytest.param(AMX, True, id="amx_bf16"),
+        pytest.param("", False, id="no-cpuinfo"),
+        pytest.param("model name\t: avx512_bf16 lookalike\nflags\t: avx2\n", False, id="flag-outside-flags-line"),
+        pytest.param("flags\t: avx512_bf16x avx2\n", False, id="flag-prefix-only"),
+    ],
+)
+def test_native_bf16_reads_the_flags_lines(cpuinfo: str, native: bool) -> None:
+    assert cpu.native_bf16(cpuinfo) is native
+
+
+def test_bfloat16_is_skipped_with_a_reason_where_it_would_be_emulated() -> None:
+    dtype, reason = cpu.reduced_dtype("cpu", AVX2_ONLY)
+    assert dtype == "bfloat16"
+    assert reason is not None and "no native bfloat16" in reason and "skipped" in reason
+    assert cpu.reduced_dtype("cpu", AVX512_BF16) == ("bfloat16", None)
+    assert cpu.reduced_dtype("cpu", AMX) == ("bfloat16", None)
+
+
+def test_cuda_always_measures_float16() -> None:
+    assert cpu.reduced_dtype("cuda", AVX2_ONLY) == ("float16", None)
+    assert cpu.reduced_dtype("cuda:1", "") == ("float16", None)
+
+
+def test_cpu_flags_are_the_union_of_the_flags_lines() -> None:
+    assert {"avx2", "bmi2", "fpu"} <= cpu.cpu_flags(AVX2_ONLY)
+    assert "spectre_v1" not in cpu.cpu_flags(AVX2_ONLY)  # a `bugs` line, not a flag

@@ -9,6 +9,8 @@
    memory across a 2,000-request mixed run.
 3. The naive per-request server under the same load.
 4. `clipgate serve` with the reduced dtype (bfloat16 on CPU, float16 on CUDA) under the image load.
+   On a CPU without native bfloat16 (no AVX512-BF16, no AMX) the bfloat16 parts are skipped, with
+   a note: they would measure an emulation.
 
 Every figure is taken in this one run, so ratios compare like with like on a noisy machine.
 Throughput and latency count only successful answers (200 with a good body); a phase with any
@@ -37,7 +39,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from clipgate.bench import bare, loadgen, servers, workload
+from clipgate.bench import bare, cpu, loadgen, servers, workload
 from clipgate.config import ModelConfig
 from clipgate.engine import resolve_checkpoint
 from clipgate.images import ImageTransform
@@ -128,17 +130,17 @@ class BareSide:
     """The bare models, loaded once and kept: they are measured again in every round."""
 
     fp32: bare.BareModel
-    reduced: bare.BareModel
-    reduced_name: str
+    reduced: bare.BareModel | None  # None: the reduced dtype is not measured on this machine
     best_image_batch: int
     best_text_batch: int
     best_reduced_batch: int
 
 
 def sweep_bare(
-    model_dir: Path, jpegs: Sequence[bytes], args: argparse.Namespace, plan: Plan
+    model_dir: Path, jpegs: Sequence[bytes], args: argparse.Namespace, plan: Plan, reduced_name: str, with_reduced: bool
 ) -> tuple[dict[str, Any], BareSide]:
-    """Every batch size once, to find the best; the decode cost; parity of preprocessing and dtype."""
+    """Every batch size once, to find the best; the decode cost; parity of preprocessing and, when
+    `with_reduced`, of the reduced dtype."""
     import torch
 
     from clipgate.config import ImagesConfig
@@ -175,29 +177,30 @@ def sweep_bare(
         "reduced_decode_min_cosine": float(bare.cosines(fp32_vectors, reference).min()),
         "full_decode_min_cosine": float(bare.cosines(model.image_vectors(ours_full), reference).min()),
     }
-    reduced_name = "float16" if args.device.startswith("cuda") else "bfloat16"
-    log(f"bare model, {reduced_name}: images by batch size")
-    reduced = bare.BareModel(model_dir, dtype=getattr(torch, reduced_name), device=args.device)
-    reduced_points = reduced.images(plan.reduced_batches, min_s=plan.point_s)
-    results[f"{reduced_name}_sweep"] = {
-        "images": _points(reduced_points),
-        "min_cosine_vs_float32": float(bare.cosines(reduced.image_vectors(ours_reduced), fp32_vectors).min()),
-    }
     results["reduced_dtype"] = reduced_name
+    results["best_batch"] = {
+        "images": bare.best(images).batch,
+        "short_texts": bare.best(short).batch,
+        "long_texts": bare.best(long).batch,
+    }
+    reduced = None
+    best_reduced_batch = 0
+    if with_reduced:
+        log(f"bare model, {reduced_name}: images by batch size")
+        reduced = bare.BareModel(model_dir, dtype=getattr(torch, reduced_name), device=args.device)
+        reduced_points = reduced.images(plan.reduced_batches, min_s=plan.point_s)
+        results[f"{reduced_name}_sweep"] = {
+            "images": _points(reduced_points),
+            "min_cosine_vs_float32": float(bare.cosines(reduced.image_vectors(ours_reduced), fp32_vectors).min()),
+        }
+        best_reduced_batch = results["best_batch"]["reduced_images"] = bare.best(reduced_points).batch
     side = BareSide(
         fp32=model,
         reduced=reduced,
-        reduced_name=reduced_name,
-        best_image_batch=bare.best(images).batch,
-        best_text_batch=bare.best(short).batch,
-        best_reduced_batch=bare.best(reduced_points).batch,
+        best_image_batch=results["best_batch"]["images"],
+        best_text_batch=results["best_batch"]["short_texts"],
+        best_reduced_batch=best_reduced_batch,
     )
-    results["best_batch"] = {
-        "images": side.best_image_batch,
-        "short_texts": side.best_text_batch,
-        "long_texts": bare.best(long).batch,
-        "reduced_images": side.best_reduced_batch,
-    }
     return results, side
 
 
@@ -251,7 +254,7 @@ def one_round(
         out["naive_image_json_c16"] = load(
             naive.port, reqs.image_json, duration_s=plan.image_load_s, warmup=CONCURRENCY, **c16
         ).summary()
-    if reduced is not None:
+    if reduced is not None and side.reduced is not None:
         out["reduced_image_json_c16"] = load(
             reduced.port, reqs.image_json, duration_s=plan.image_load_s, warmup=CONCURRENCY, **c16
         ).summary()
@@ -460,6 +463,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     plan = Plan.quick() if args.quick else Plan()
     started = time.perf_counter()
+    notes: list[str] = []
+    reduced_name, skip_reduced = cpu.reduced_dtype(args.device, cpu.read_cpuinfo())
+    if skip_reduced:
+        log(f"note: {skip_reduced}")
+        notes.append(skip_reduced)
     model_dir = resolve_checkpoint(ModelConfig(id=args.model, allow_download=False))
     weights_mib = sum(f.stat().st_size for f in model_dir.glob("*.safetensors")) / 2**20
     jpegs = [workload.photo_jpeg(seed) for seed in range(8)]
@@ -472,9 +480,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "image_bytes_mean": round(sum(map(len, jpegs)) / len(jpegs)),
         "concurrency": CONCURRENCY,
         "quick": args.quick,
+        "notes": notes,
     }
     rounds = 1 if args.quick else args.rounds
-    results["bare"], side = sweep_bare(model_dir, jpegs, args, plan)
+    results["bare"], side = sweep_bare(model_dir, jpegs, args, plan, reduced_name, with_reduced=not skip_reduced)
     workdir = Path(tempfile.mkdtemp(prefix="clipgate-bench-"))
     log(f"starting the servers; their logs are in {workdir}")
     with contextlib.ExitStack() as stack:
@@ -490,11 +499,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         naive = None if args.no_naive else start("naive", lambda port: servers.naive_argv(model_dir, port))
         reduced = None
-        if not args.no_reduced:
-            dtype = side.reduced_name
+        if not args.no_reduced and side.reduced is not None:
             reduced = start(
-                f"clipgate-{dtype}",
-                lambda port: servers.clipgate_argv(args.model, port, device=args.device, dtype=dtype),
+                f"clipgate-{reduced_name}",
+                lambda port: servers.clipgate_argv(args.model, port, device=args.device, dtype=reduced_name),
             )
         results["ready_s"] = {s.name: round(s.ready_s, 2) for s in (gate, naive, reduced) if s is not None}
         results["rounds"] = [one_round(n + 1, side, gate, naive, reduced, reqs, plan) for n in range(rounds)]
@@ -525,7 +533,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def summary_text(r: dict[str, Any]) -> str:
     b = r["bare"]
-    f32, red = b["float32_sweep"], b[f"{b['reduced_dtype']}_sweep"]
+    f32 = b["float32_sweep"]
     by_batch = ", ".join
     lines = [
         f"clipgate benchmark: {r['model']} on {r['device']} ({r['machine']['cpus']} CPUs, "
@@ -536,13 +544,20 @@ def summary_text(r: dict[str, Any]) -> str:
         + by_batch(f"{p['batch']}: {p['per_s']:.0f}" for p in f32["short_texts"]),
         "bare float32, 77-token texts/s by batch: "
         + by_batch(f"{p['batch']}: {p['per_s']:.1f}" for p in f32["long_texts"]),
-        f"bare {b['reduced_dtype']}, images/s by batch: "
-        + by_batch(f"{p['batch']}: {p['per_s']:.1f}" for p in red["images"])
-        + f"; min cosine to float32 {red['min_cosine_vs_float32']:.6f}",
+    ]
+    red = b.get(f"{b['reduced_dtype']}_sweep")
+    if red is not None:
+        lines.append(
+            f"bare {b['reduced_dtype']}, images/s by batch: "
+            + by_batch(f"{p['batch']}: {p['per_s']:.1f}" for p in red["images"])
+            + f"; min cosine to float32 {red['min_cosine_vs_float32']:.6f}"
+        )
+    lines += [
         "decode + preprocess one JPEG, ms: ours {ours_reduced} (reduced decode), {ours_full} (full); "
         "transformers' processor {transformers_processor}".format(**b["decode_ms"]),
         "min cosine to transformers' processor: reduced decode "
         f"{b['parity']['reduced_decode_min_cosine']:.7f}, full decode {b['parity']['full_decode_min_cosine']:.7f}",
+        *(f"note: {note}" for note in r["notes"]),
         "",
         f"{'phase (medians over the rounds)':<28} {'ok/s':>8} {'p50 ms':>8} {'p99 ms':>8}  "
         "outcomes (figures count good 200s only)",
