@@ -1,6 +1,6 @@
 """The benchmark's honesty rules, without a model: only good 200s count towards a figure, a
-phase with anything else fails every target built on it, and bfloat16 is measured only on a
-CPU that has it natively."""
+phase with anything else fails every target built on it, bfloat16 is measured only on a CPU
+that has it natively, and the plan fits its time budget."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from clipgate.bench import cpu, loadgen
-from clipgate.bench.__main__ import table, verdict
+from clipgate.bench.__main__ import BUDGET_S, Plan, over_budget, table, verdict
 
 # --- LoadReport: what counts ----------------------------------------------------------------
 
@@ -266,3 +266,18 @@ def test_cuda_always_measures_float16() -> None:
 def test_cpu_flags_are_the_union_of_the_flags_lines() -> None:
     assert {"avx2", "bmi2", "fpu"} <= cpu.cpu_flags(AVX2_ONLY)
     assert "spectre_v1" not in cpu.cpu_flags(AVX2_ONLY)  # a `bugs` line, not a flag
+
+
+# --- the time budget ------------------------------------------------------------------------
+
+
+def test_the_full_plan_leaves_most_of_ten_minutes_to_model_loads_and_warm_ups() -> None:
+    assert BUDGET_S < 600
+    assert Plan().nominal_s(rounds=3) <= BUDGET_S / 2
+    assert Plan.quick().nominal_s(rounds=1) < 60
+
+
+def test_no_round_is_started_that_could_overrun_the_budget() -> None:
+    plan = Plan()
+    assert not over_budget(elapsed_s=200.0, round_s=70.0, plan=plan, budget_s=BUDGET_S)
+    assert over_budget(elapsed_s=430.0, round_s=70.0, plan=plan, budget_s=BUDGET_S)

@@ -15,7 +15,8 @@
 Every figure is taken in this one run, so ratios compare like with like on a noisy machine.
 Throughput and latency count only successful answers (200 with a good body); a phase with any
 other outcome fails every target it is part of, and the table says why.
-The load stays on 127.0.0.1 and every phase is bounded in time. Prints a table; writes JSON.
+The load stays on 127.0.0.1 and every phase is bounded in time; a round that would take the run
+past its time budget is not started. Prints a table; writes JSON.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ from clipgate.images import ImageTransform
 
 CONCURRENCY = 16
 GIB = 1024**3
+BUDGET_S = 540.0  # a whole run, so that `make bench` ends within 10 minutes
 
 
 @dataclass(frozen=True)
@@ -62,6 +64,7 @@ class Plan:
     image_load_s: float = 7.0
     text_load_s: float = 5.0
     soak_requests: int = 2000
+    soak_max_s: float = 60.0  # the soak stops here even if its requests are not all answered
     images_per_soak_cycle: int = 1  # of every 8 soak requests, this many carry an image
 
     @classmethod
@@ -77,7 +80,17 @@ class Plan:
             image_load_s=1.5,
             text_load_s=1.0,
             soak_requests=80,
+            soak_max_s=30.0,
         )
+
+    def nominal_s(self, rounds: int) -> float:
+        """The timed windows of a run with every server, in seconds: a floor under its length
+        that leaves most of the budget for model loads, warm-ups and the count-bound phases."""
+        sweep = self.point_s * (
+            len(self.image_batches) + len(self.text_batches) + len(self.long_text_batches) + len(self.reduced_batches)
+        )
+        per_round = 4 * self.point_s + 4 * self.image_load_s + 2 * self.text_load_s
+        return sweep + rounds * per_round + self.soak_max_s
 
 
 def log(message: str) -> None:
@@ -229,34 +242,35 @@ def one_round(
     out: dict[str, Any] = {}
     check = loadgen.has_json_key("embeddings")
     c16 = {"concurrency": CONCURRENCY, "check": check}
+    warm = 1 if n == 1 else 0  # later rounds find the servers warm
     log(f"round {n}: one image at a time, bare batch 1 then clipgate")
     out["bare_image_b1_per_s"] = side.fp32.images([1], min_s=plan.point_s)[0].per_s
     out["image_c1"] = load(
-        gate.port, reqs.image_json, concurrency=1, total=plan.latency_images, warmup=2, check=check
+        gate.port, reqs.image_json, concurrency=1, total=plan.latency_images, warmup=2 * warm, check=check
     ).summary()
     out["text_c1"] = load(
-        gate.port, reqs.short_text, concurrency=1, total=plan.latency_texts, warmup=4, check=check
+        gate.port, reqs.short_text, concurrency=1, total=plan.latency_texts, warmup=4 * warm, check=check
     ).summary()
     log(f"round {n}: images, bare best batch then {CONCURRENCY} clients on each server")
     out["bare_images_per_s"] = side.fp32.images([side.best_image_batch], min_s=plan.point_s)[0].per_s
     out["image_json_c16"] = load(
-        gate.port, reqs.image_json, duration_s=plan.image_load_s, warmup=CONCURRENCY, **c16
+        gate.port, reqs.image_json, duration_s=plan.image_load_s, warmup=CONCURRENCY * warm, **c16
     ).summary()
     out["image_multipart_c16"] = load(
         gate.port,
         reqs.image_multipart,
         duration_s=plan.image_load_s,
-        warmup=CONCURRENCY,
+        warmup=CONCURRENCY * warm,
         concurrency=CONCURRENCY,
         check=loadgen.has_json_key("data"),  # SambaStudio's shape
     ).summary()
     if naive is not None:
         out["naive_image_json_c16"] = load(
-            naive.port, reqs.image_json, duration_s=plan.image_load_s, warmup=CONCURRENCY, **c16
+            naive.port, reqs.image_json, duration_s=plan.image_load_s, warmup=CONCURRENCY * warm, **c16
         ).summary()
     if reduced is not None and side.reduced is not None:
         out["reduced_image_json_c16"] = load(
-            reduced.port, reqs.image_json, duration_s=plan.image_load_s, warmup=CONCURRENCY, **c16
+            reduced.port, reqs.image_json, duration_s=plan.image_load_s, warmup=CONCURRENCY * warm, **c16
         ).summary()
         out["bare_reduced_images_per_s"] = side.reduced.images([side.best_reduced_batch], min_s=plan.point_s)[0].per_s
     log(f"round {n}: short texts, bare best batch then {CONCURRENCY} clients on each server")
@@ -264,17 +278,18 @@ def one_round(
         0
     ].per_s
     out["text_c16"] = load(
-        gate.port, reqs.short_text, duration_s=plan.text_load_s, warmup=4 * CONCURRENCY, **c16
+        gate.port, reqs.short_text, duration_s=plan.text_load_s, warmup=4 * CONCURRENCY * warm, **c16
     ).summary()
     if naive is not None:
         out["naive_text_c16"] = load(
-            naive.port, reqs.short_text, duration_s=plan.text_load_s, warmup=CONCURRENCY, **c16
+            naive.port, reqs.short_text, duration_s=plan.text_load_s, warmup=CONCURRENCY * warm, **c16
         ).summary()
     return out
 
 
 def run_soak(server: servers.ServerProcess, reqs: Requests, plan: Plan) -> dict[str, Any]:
-    """A mixed run of `plan.soak_requests` at concurrency 16, with resident memory sampled."""
+    """A mixed run of `plan.soak_requests` at concurrency 16 (at most `plan.soak_max_s`), with
+    resident memory sampled."""
     mix = reqs.image_json[: plan.images_per_soak_cycle] + reqs.short_text[: 8 - plan.images_per_soak_cycle]
     log(f"{server.name}: {plan.soak_requests} mixed requests, watching resident memory")
     marks: dict[int, int] = {}
@@ -290,6 +305,7 @@ def run_soak(server: servers.ServerProcess, reqs: Requests, plan: Plan) -> dict[
             mix,
             concurrency=CONCURRENCY,
             total=plan.soak_requests,
+            duration_s=plan.soak_max_s,
             check=loadgen.has_json_key("embeddings"),
             on_progress=progress,
         )
@@ -451,17 +467,34 @@ def table(rows: Sequence[Row]) -> str:
     return "\n".join(lines)
 
 
+def over_budget(elapsed_s: float, round_s: float, plan: Plan, budget_s: float) -> bool:
+    """Whether one more round, then the soak, could take the run past `budget_s`."""
+    return elapsed_s + round_s + plan.soak_max_s + 15 > budget_s
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m clipgate.bench", description=__doc__.split("\n")[0])
     parser.add_argument("--model", default="random:base", help="checkpoint id or folder (default random:base)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--out", default="bench-results.json", help="where the figures go (JSON)")
     parser.add_argument("--rounds", type=int, default=3, help="rounds of side-by-side measures (default 3)")
+    parser.add_argument(
+        "--budget-s",
+        type=float,
+        default=BUDGET_S,
+        help=f"no round is started that could take the run past this many seconds (default {BUDGET_S:.0f})",
+    )
     parser.add_argument("--quick", action="store_true", help="seconds, not minutes: checks the benchmark runs")
     parser.add_argument("--no-naive", action="store_true", help="skip the naive baseline server")
     parser.add_argument("--no-reduced", action="store_true", help="skip the bfloat16/float16 server")
     args = parser.parse_args(argv)
     plan = Plan.quick() if args.quick else Plan()
+    rounds = 1 if args.quick else args.rounds
+    if plan.nominal_s(rounds) > args.budget_s / 2:
+        parser.error(
+            f"{rounds} rounds time {plan.nominal_s(rounds):.0f} s of load alone, over half the "
+            f"{args.budget_s:.0f} s budget: fewer --rounds, or a larger --budget-s"
+        )
     started = time.perf_counter()
     notes: list[str] = []
     reduced_name, skip_reduced = cpu.reduced_dtype(args.device, cpu.read_cpuinfo())
@@ -482,7 +515,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         "quick": args.quick,
         "notes": notes,
     }
-    rounds = 1 if args.quick else args.rounds
     results["bare"], side = sweep_bare(model_dir, jpegs, args, plan, reduced_name, with_reduced=not skip_reduced)
     workdir = Path(tempfile.mkdtemp(prefix="clipgate-bench-"))
     log(f"starting the servers; their logs are in {workdir}")
@@ -505,7 +537,20 @@ def main(argv: Sequence[str] | None = None) -> int:
                 lambda port: servers.clipgate_argv(args.model, port, device=args.device, dtype=reduced_name),
             )
         results["ready_s"] = {s.name: round(s.ready_s, 2) for s in (gate, naive, reduced) if s is not None}
-        results["rounds"] = [one_round(n + 1, side, gate, naive, reduced, reqs, plan) for n in range(rounds)]
+        results["rounds"] = []
+        longest_round_s = 0.0
+        for n in range(1, rounds + 1):
+            elapsed = time.perf_counter() - started
+            if n > 1 and over_budget(elapsed, longest_round_s, plan, args.budget_s):
+                note = (
+                    f"stopped after {n - 1} of {rounds} rounds: another ({longest_round_s:.0f} s) and the soak "
+                    f"could take the run past its {args.budget_s:.0f} s budget"
+                )
+                log(f"note: {note}")
+                notes.append(note)
+                break
+            results["rounds"].append(one_round(n, side, gate, naive, reduced, reqs, plan))
+            longest_round_s = max(longest_round_s, time.perf_counter() - started - elapsed)
         for other in (naive, reduced):  # the soak has the machine to itself
             if other is not None:
                 other.__exit__()
