@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import IO
 
-READY_PATH = "/readiness"
+READY_PATH = "/readyz"  # the core's probe: 200 once the model is loaded and warm, 503 while draining
 
 
 def free_port() -> int:
