@@ -146,6 +146,8 @@ def _results(**overrides: dict[str, Any]) -> dict[str, Any]:
         "bare": {"decode_ms": {"ours_reduced": 5.0}, "reduced_dtype": "bfloat16"},
         "clipgate_soak": {
             "load": _summary({200: 2000}, 0.05, 20.0),
+            "requests_planned": 2000,
+            "max_s": 60.0,
             "peak_rss_mib": 1000.0,
             "rss_growth_after_quarter_mib": 2.0,
         },
@@ -209,6 +211,15 @@ def test_a_soak_with_refusals_fails_the_memory_rows() -> None:
     rows = _rows_by_name(results)
     for name in ("peak RSS MiB / (weights + 1.5 GiB)", "RSS growth MiB over the last 3/4 / 64 MiB"):
         assert not rows[name].ok and rows[name].why == ("clipgate_soak: 2000 x 503",)
+
+
+def test_a_soak_cut_short_by_its_time_bound_fails_the_memory_rows() -> None:
+    results = _results()
+    results["clipgate_soak"]["load"] = _summary({200: 401}, 0.05, 60.0)
+    rows = _rows_by_name(results)
+    for name in ("peak RSS MiB / (weights + 1.5 GiB)", "RSS growth MiB over the last 3/4 / 64 MiB"):
+        assert not rows[name].ok
+        assert rows[name].why == ("clipgate_soak: 401 of its 2000 requests answered within its 60 s bound",)
 
 
 def test_a_latency_row_from_refusals_fails_though_its_zero_ratio_is_under_the_bound() -> None:

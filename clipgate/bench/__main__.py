@@ -315,6 +315,8 @@ def run_soak(server: servers.ServerProcess, reqs: Requests, plan: Plan) -> dict[
     early = [kib for done, kib in quarter if done <= plan.soak_requests // 4] or [before]
     return {
         "load": report.summary(),
+        "requests_planned": plan.soak_requests,
+        "max_s": plan.soak_max_s,
         "rss_before_mib": round(before / 1024, 1),
         "rss_after_mib": round(after["VmRSS"] / 1024, 1),
         "rss_max_during_mib": round(max(rss) / 1024, 1),
@@ -345,12 +347,19 @@ def _median(values: Sequence[float]) -> float:
 
 def phase_problems(r: dict[str, Any], key: str) -> list[str]:
     """What kept a load phase from being a clean measure, round by round: any answer but a
-    good 200, any request without an answer. Empty when every round of it was clean."""
+    good 200, any request without an answer, a soak stopped by its time bound before its last
+    request. Empty when every round of it was clean."""
+    out = []
     if key == "clipgate_soak":
-        runs = [r["clipgate_soak"]["load"]]
+        soak = r["clipgate_soak"]
+        runs = [soak["load"]]
+        if soak["load"]["answered"] < soak["requests_planned"]:
+            out.append(
+                f"clipgate_soak: {soak['load']['answered']} of its {soak['requests_planned']} requests answered "
+                f"within its {soak['max_s']:.0f} s bound"
+            )
     else:
         runs = [x[key] for x in r["rounds"] if isinstance(x.get(key), dict)]
-    out = []
     for n, run in enumerate(runs, 1):
         if run["problems"]:
             where = f"{key} round {n}" if len(runs) > 1 else key
