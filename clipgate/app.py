@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from pathlib import Path
 from wsgiref.simple_server import WSGIServer
@@ -146,11 +147,13 @@ def create_app(
         loaded = model if model is not None else await loop.run_in_executor(None, load_model, config.model)
         service = EmbeddingService(loaded, config, metrics=metrics)
         service.start()
+        started = time.perf_counter()
         try:
             await service.batcher.run_on_model_thread(loaded.encoder.warmup)
         except BaseException:
             await service.stop()
             raise
+        log.info("warmed up in %.1f s", time.perf_counter() - started)
         state.service = service
         card = loaded.card
         metrics.model_loaded(card, config.model.backend)
