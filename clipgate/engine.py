@@ -150,7 +150,7 @@ class LoggedProgress(tqdm):  # type: ignore[misc]
         if (finished and not self._done_logged) or (not finished and now - self._logged_at >= self.EVERY_S and done):
             self._logged_at, self._done_logged = now, finished
             size = tqdm.format_sizeof
-            of = f"/{size(total, 'B', 1024)}" if total else ""
+            of = f"/{size(total, 'B', 1000)}" if total else ""
             log.info("downloading %s: %s%s", self.desc or "model", size(done, "B", 1000), of)
 
     def close(self) -> None:
