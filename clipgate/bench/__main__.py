@@ -236,6 +236,7 @@ def one_round(
     reduced: servers.ServerProcess | None,
     reqs: Requests,
     plan: Plan,
+    unmetered: servers.ServerProcess | None = None,
 ) -> dict[str, Any]:
     """Each measure next to the one it is compared with, seconds apart, so a noisy neighbour
     slows both sides of a ratio alike."""
@@ -277,9 +278,12 @@ def one_round(
     out["bare_short_texts_per_s"] = side.fp32.texts(workload.SHORT_TEXTS, [side.best_text_batch], min_s=plan.point_s)[
         0
     ].per_s
-    out["text_c16"] = load(
-        gate.port, reqs.short_text, duration_s=plan.text_load_s, warmup=4 * CONCURRENCY * warm, **c16
-    ).summary()
+    text_servers = [("text_c16", gate), ("unmetered_text_c16", unmetered)]
+    for key, server in text_servers if n % 2 else text_servers[::-1]:  # alternate which goes first
+        if server is not None:
+            out[key] = load(
+                server.port, reqs.short_text, duration_s=plan.text_load_s, warmup=4 * CONCURRENCY * warm, **c16
+            ).summary()
     if naive is not None:
         out["naive_text_c16"] = load(
             naive.port, reqs.short_text, duration_s=plan.text_load_s, warmup=CONCURRENCY * warm, **c16
@@ -424,6 +428,16 @@ def verdict(r: dict[str, Any], weights_mib: float) -> list[Row]:
                 ["text_c16", "naive_text_c16"],
             ),
         ]
+    if "unmetered_text_c16" in rounds[0]:
+        rows.append(
+            row(
+                "short texts/s c16, metrics on / off",
+                ">= 0.98",
+                series("text_c16"),
+                series("unmetered_text_c16"),
+                ["text_c16", "unmetered_text_c16"],
+            )
+        )
     budget = [1000 / b1 + decode_ms for b1 in series("bare_image_b1_per_s")]
     rows.append(
         row(
@@ -529,9 +543,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     log(f"starting the servers; their logs are in {workdir}")
     with contextlib.ExitStack() as stack:
 
-        def start(name: str, argv_for: Any) -> servers.ServerProcess:
+        def start(name: str, argv_for: Any, env: dict[str, str] | None = None) -> servers.ServerProcess:
             port = servers.free_port()
-            server = stack.enter_context(servers.ServerProcess(name, argv_for(port), port, workdir / f"{name}.log"))
+            log_path = workdir / f"{name}.log"
+            server = stack.enter_context(servers.ServerProcess(name, argv_for(port), port, log_path, env=env))
             log(f"{name} ready in {server.ready_s:.1f} s")
             return server
 
@@ -539,13 +554,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             "clipgate", lambda port: servers.clipgate_argv(args.model, port, device=args.device, dtype="float32")
         )
         naive = None if args.no_naive else start("naive", lambda port: servers.naive_argv(model_dir, port))
+        unmetered = start(  # the same server with metrics off: what the metrics cost
+            "clipgate-no-metrics",
+            lambda port: servers.clipgate_argv(args.model, port, device=args.device, dtype="float32"),
+            env={"CLIPGATE_SERVER_METRICS": "0"},
+        )
         reduced = None
         if not args.no_reduced and side.reduced is not None:
             reduced = start(
                 f"clipgate-{reduced_name}",
                 lambda port: servers.clipgate_argv(args.model, port, device=args.device, dtype=reduced_name),
             )
-        results["ready_s"] = {s.name: round(s.ready_s, 2) for s in (gate, naive, reduced) if s is not None}
+        results["ready_s"] = {s.name: round(s.ready_s, 2) for s in (gate, naive, reduced, unmetered) if s is not None}
         results["rounds"] = []
         longest_round_s = 0.0
         for n in range(1, rounds + 1):
@@ -558,9 +578,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 log(f"note: {note}")
                 notes.append(note)
                 break
-            results["rounds"].append(one_round(n, side, gate, naive, reduced, reqs, plan))
+            results["rounds"].append(one_round(n, side, gate, naive, reduced, reqs, plan, unmetered))
             longest_round_s = max(longest_round_s, time.perf_counter() - started - elapsed)
-        for other in (naive, reduced):  # the soak has the machine to itself
+        for other in (naive, reduced, unmetered):  # the soak has the machine to itself
             if other is not None:
                 other.__exit__()
         results["clipgate_soak"] = run_soak(gate, reqs, plan)

@@ -88,7 +88,8 @@ def test_make_bench_quick_runs_every_phase_and_writes_its_figures(
     # this run checks; tests/test_bench_honesty.py covers the decision itself).
     bf16 = cpu.native_bf16(cpu.read_cpuinfo())
     measures = [row["measure"] for row in figures["verdict"]]
-    assert len(measures) == (9 if bf16 else 8), measures
+    assert len(measures) == (10 if bf16 else 9), measures
+    assert "short texts/s c16, metrics on / off" in measures
     assert ("images/s c16, bfloat16 / float32 server" in measures) is bf16
     assert all(row["why"] == [] for row in figures["verdict"]), figures["verdict"]
     assert "ratio" in done.stdout and "p50 ms, one image c1" in done.stdout
@@ -107,6 +108,7 @@ def test_make_bench_quick_runs_every_phase_and_writes_its_figures(
         "image_multipart_c16",
         "naive_image_json_c16",
         "text_c16",
+        "unmetered_text_c16",
         "naive_text_c16",
     } | ({"reduced_image_json_c16"} if bf16 else set())
     for phase, summary in loads.items():
