@@ -108,6 +108,7 @@ NO_HTTP = [
     "cpu_turns.py",
     "engine.py",
     "errors.py",
+    "faults.py",
     "images.py",
     "logs.py",
     "metrics.py",
@@ -117,7 +118,7 @@ NO_HTTP = [
     "state.py",
     "urls.py",
 ]
-HTTP = ["app.py", "cli.py", "http.py", "probes.py", "runtime.py"]
+HTTP = ["admin.py", "app.py", "cli.py", "http.py", "injection.py", "probes.py", "runtime.py", "testing.py"]
 
 
 @pytest.mark.parametrize("module", NO_HTTP)
