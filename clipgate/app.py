@@ -21,7 +21,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from adapters import REGISTRY
-from clipgate import __version__, probes, runtime
+from clipgate import __version__, docs, openapi, probes, runtime
 from clipgate.adapter import Adapter
 from clipgate.budget import BodyBudget, auto_capacity
 from clipgate.config import Config, load_config
@@ -48,10 +48,12 @@ def _prefix(config: Config, name: str) -> str:
 
 
 def build_routes(config: Config, state: AppState) -> list[BaseRoute]:
-    """The core's probes, then every enabled protocol's routes under its prefix. Two routes on one
-    path are a startup error naming both owners."""
+    """The core's probes and API docs, then every enabled protocol's routes under its prefix. Two
+    routes on one path are a startup error naming both owners."""
     routes: list[BaseRoute] = list(probes.routes(state))
     seen = dict.fromkeys(probes.PATHS, "clipgate's probes")
+    routes += docs.routes(openapi.document(config, REGISTRY, __version__))
+    seen.update(dict.fromkeys(docs.PATHS, "clipgate's API docs"))
     for name, adapter in REGISTRY.items():
         settings = config.protocol(name)
         if not settings.enabled:

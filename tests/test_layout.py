@@ -110,12 +110,13 @@ NO_HTTP = [
     "errors.py",
     "images.py",
     "multipart.py",
+    "openapi.py",
     "random_checkpoint.py",
     "service.py",
     "state.py",
     "urls.py",
 ]
-HTTP = ["app.py", "cli.py", "http.py", "probes.py", "runtime.py"]
+HTTP = ["app.py", "cli.py", "docs.py", "http.py", "probes.py", "runtime.py"]
 
 
 @pytest.mark.parametrize("module", NO_HTTP)
