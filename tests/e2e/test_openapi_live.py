@@ -1,6 +1,7 @@
 """The API docs on a live server: a bounded schemathesis run over /openapi.json finds no 5xx, no
-answer off its documented status, type, headers or schema, and no crash; and Debian's Chromium,
-headless and cut off from every host but this server, renders /docs as the README describes it."""
+answer off its documented status, type, headers or schema, no undocumented method answered but
+with 405 and Allow, and no crash; and Debian's Chromium, headless and cut off from every host but
+this server, renders /docs as the README describes it."""
 
 from __future__ import annotations
 
@@ -23,6 +24,9 @@ CHECKS = (
     "content_type_conformance",
     "response_headers_conformance",
     "response_schema_conformance",
+    "unsupported_method",  # each undocumented method: 405 with Allow
+    "allow_header_conformance",
+    "missing_required_header",
 )
 MAX_EXAMPLES = 5  # per operation and phase; the coverage phase adds its own boundary cases
 SEED = 1
