@@ -35,8 +35,9 @@ check: $(STAMP)
 test: check $(CHROMIUM)
 	$(BIN)/python -m pytest $(ARGS)
 
-# The benchmark: bare model, clipgate and a naive server side by side on random:base (~4 min on
-# 2 cores). ARGS="--device cuda" on a GPU; figures go to bench-results.json.
+# The benchmark: bare model, clipgate and a naive server side by side on random:base (~5 min on
+# 2 cores; it starts no round that could take it past 9). ARGS="--device cuda" on a GPU; figures
+# go to bench-results.json.
 bench: $(STAMP)
 	$(BIN)/python -m clipgate.bench --out bench-results.json $(ARGS)
 

@@ -11,9 +11,12 @@ import asyncio
 import contextlib
 import logging
 import os
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from pathlib import Path
+from wsgiref.simple_server import WSGIServer
 
+from prometheus_client import start_http_server
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -28,6 +31,7 @@ from clipgate.config import Config, load_config
 from clipgate.engine import Model, ModelLoadError, load_model
 from clipgate.errors import ClipgateError, MethodNotAllowed, RouteNotFound
 from clipgate.http import PathNormalizer, make_endpoint
+from clipgate.metrics import CONTENT_TYPE, Metrics
 from clipgate.service import EmbeddingService
 from clipgate.state import AppState
 
@@ -35,6 +39,7 @@ log = logging.getLogger("clipgate")
 
 
 ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+UNMATCHED = "<unmatched>"  # the route label of a path no route serves (never the raw path)
 
 
 def load_app_config(path: str | Path | None = None, environ: Mapping[str, str] | None = None) -> Config:
@@ -48,10 +53,13 @@ def _prefix(config: Config, name: str) -> str:
 
 
 def build_routes(config: Config, state: AppState) -> list[BaseRoute]:
-    """The core's probes and API docs, then every enabled protocol's routes under its prefix. Two
-    routes on one path are a startup error naming both owners."""
+    """The core's probes, /metrics and API docs, then every enabled protocol's routes under its
+    prefix. Two routes on one path are a startup error naming both owners."""
     routes: list[BaseRoute] = list(probes.routes(state))
     seen = dict.fromkeys(probes.PATHS, "clipgate's probes")
+    if config.server.metrics and config.server.metrics_port == 0:
+        routes.append(Route(METRICS_PATH, _metrics_endpoint(state.metrics), methods=["GET"]))
+        seen[METRICS_PATH] = "clipgate's metrics"
     routes += docs.routes(openapi.document(config, REGISTRY, __version__))
     seen.update(dict.fromkeys(docs.PATHS, "clipgate's API docs"))
     for name, adapter in REGISTRY.items():
@@ -65,7 +73,7 @@ def build_routes(config: Config, state: AppState) -> list[BaseRoute]:
             if other != name:
                 raise ValueError(f"{path} is served by both {other} and {name}; give one a prefix")
             # Every method reaches the endpoint, which answers a wrong one in the vendor's shape.
-            endpoint = make_endpoint(adapter, op, settings, config, state)
+            endpoint = make_endpoint(path, adapter, op, settings, config, state)
             routes.append(Route(path, endpoint, methods=ALL_METHODS))
     return routes
 
@@ -81,7 +89,24 @@ def _owner(config: Config, path: str) -> Adapter | None:
     return best[1] if best is not None else None
 
 
-def _routing_error_handler(config: Config) -> Callable[[Request, Exception], Awaitable[Response]]:
+METRICS_PATH = "/metrics"
+
+
+def _metrics_endpoint(metrics: Metrics) -> Callable[[Request], Awaitable[Response]]:
+    async def endpoint(request: Request) -> Response:
+        return Response(metrics.exposition(), media_type=CONTENT_TYPE)
+
+    return endpoint
+
+
+def start_metrics_server(metrics: Metrics, host: str, port: int) -> WSGIServer:
+    """/metrics on a port of its own (`server.metrics_port`), on a thread, as Prometheus exporters do."""
+    server, _ = start_http_server(port, addr=host, registry=metrics.registry)
+    log.info("metrics on http://%s:%d/metrics", host, port)
+    return server
+
+
+def _routing_error_handler(config: Config, metrics: Metrics) -> Callable[[Request, Exception], Awaitable[Response]]:
     """A path no route serves (404), or a method a core route does not take (405): in the shape
     of the protocol whose prefix the path falls under, else in a neutral JSON shape."""
 
@@ -91,6 +116,8 @@ def _routing_error_handler(config: Config) -> Callable[[Request, Exception], Awa
             MethodNotAllowed(headers=dict(exc.headers or {})) if exc.status_code == 405 else RouteNotFound()
         )
         adapter = _owner(config, request.scope["path"])
+        metrics.request_done(adapter.name if adapter is not None else "none", UNMATCHED, err.status, 0.0)
+        metrics.rejected("invalid")
         if adapter is not None:
             reply = adapter.render_error(err)
             return probes.neutral(reply.status, reply.body, {**reply.headers, **err.headers})
@@ -113,20 +140,25 @@ def create_app(
     A `model` handed in is warmed before startup completes."""
     server = config.server
     budget = BodyBudget(server.max_inflight_body_bytes or auto_capacity(), server.body_budget_wait_s)
-    state = AppState(__version__, budget)
+    metrics = Metrics(request_timeout_s=server.request_timeout_s, enabled=server.metrics)
+    state = AppState(__version__, budget, metrics)
+    metrics.watch(inflight=lambda: state.inflight, ready=lambda: state.ready, queue_depth=state.queue_depth)
 
     async def load() -> None:
         loop = asyncio.get_running_loop()
         loaded = model if model is not None else await loop.run_in_executor(None, load_model, config.model)
-        service = EmbeddingService(loaded, config)
+        service = EmbeddingService(loaded, config, metrics=metrics)
         service.start()
+        started = time.perf_counter()
         try:
             await service.batcher.run_on_model_thread(loaded.encoder.warmup)
         except BaseException:
             await service.stop()
             raise
+        log.info("warmed up in %.1f s", time.perf_counter() - started)
         state.service = service
         card = loaded.card
+        metrics.model_loaded(card, config.model.backend)
         log.info("ready: %s (%s, %s, %d-d)", card.name, card.device, card.dtype, card.dim)
 
     async def load_or_report() -> None:
@@ -149,6 +181,7 @@ def create_app(
         drain = runtime.Drain(state, config.server.drain_grace_s)
         drain.install()
         task: asyncio.Task[None] | None = None
+        exporter = start_metrics_server(metrics, server.host, server.metrics_port) if metrics_apart else None
         try:
             if wait_ready:
                 await load()
@@ -159,6 +192,9 @@ def create_app(
             yield
         finally:
             drain.uninstall()
+            if exporter is not None:
+                exporter.shutdown()
+                exporter.server_close()
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -167,7 +203,8 @@ def create_app(
             if service is not None:
                 await service.stop()
 
-    handler = _routing_error_handler(config)
+    metrics_apart = server.metrics and server.metrics_port != 0
+    handler = _routing_error_handler(config, metrics)
     app = Starlette(
         routes=build_routes(config, state),
         lifespan=lifespan,
@@ -182,4 +219,6 @@ def app_from_env() -> Starlette:
     """The factory for ASGI servers: `uvicorn --factory clipgate.app:app_from_env`. Reads the
     file named by CLIPGATE_CONFIG (if set) and the CLIPGATE_* variables; the server's address
     comes from the host's own flags. Startup completes once the model is loaded and warm."""
-    return create_app(load_app_config(os.environ.get("CLIPGATE_CONFIG"), os.environ), wait_ready=True)
+    config = load_app_config(os.environ.get("CLIPGATE_CONFIG"), os.environ)
+    runtime.configure_process(config.server)  # the host's lines from here on come in clipgate's format
+    return create_app(config, wait_ready=True)

@@ -41,6 +41,9 @@ class Lane:
     size: Callable[[Any], int] | None = None  # a payload's cost (a text's token count), for grouping
 
 
+BatchObserver = Callable[[str, int, float, list[float]], None]
+"""Told of every batch run: its lane, size, model seconds, and each entry's wait in the queue."""
+
 # With more queued than one batch holds, a sized lane looks this many batches deep for entries
 # the size of its oldest one: a batch of texts is padded to its longest, so like goes with like.
 GROUPING_WINDOW_BATCHES = 8
@@ -84,7 +87,14 @@ class _Entry:
 
 
 class Batcher:
-    def __init__(self, lanes: dict[str, Lane], *, max_wait_s: float, max_incoming_wait_s: float = 0.0) -> None:
+    def __init__(
+        self,
+        lanes: dict[str, Lane],
+        *,
+        max_wait_s: float,
+        max_incoming_wait_s: float = 0.0,
+        observe: BatchObserver | None = None,
+    ) -> None:
         for name, lane in lanes.items():
             if lane.max_batch < 1:
                 raise ValueError(f"lane {name}: max_batch must be at least 1, not {lane.max_batch}")
@@ -98,6 +108,7 @@ class Batcher:
         self._task: asyncio.Task[None] | None = None
         self.stats = {name: LaneStats() for name in lanes}
         self._free_since = 0.0  # time.monotonic() when the model thread last finished a batch
+        self._observe = observe
 
     def start(self) -> None:
         if self._task is None:
@@ -235,12 +246,16 @@ class Batcher:
         loop = asyncio.get_running_loop()
         stats = self.stats[lane]
         started = time.perf_counter()
+        waits = [time.monotonic() - e.enqueued for e in batch]
         try:
             try:
                 rows = await loop.run_in_executor(self._executor, run, payloads)
             finally:
                 self._free_since = time.monotonic()
-                stats.record(len(batch), time.perf_counter() - started, self._lanes[lane].max_batch)
+                seconds = time.perf_counter() - started
+                stats.record(len(batch), seconds, self._lanes[lane].max_batch)
+                if self._observe is not None:
+                    self._observe(lane, len(batch), seconds, waits)
             if len(rows) != len(batch):
                 raise RuntimeError(f"{lane} batch of {len(batch)} returned {len(rows)} rows")
         except asyncio.CancelledError:  # stop() while this batch ran: its callers still get an answer

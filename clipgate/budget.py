@@ -151,9 +151,11 @@ class Reservation:
     def __init__(self, budget: BodyBudget) -> None:
         self.budget = budget
         self.size = 0
+        self.body_bytes = 0  # the largest body this reservation has been grown for
 
     async def grow_to(self, body_bytes: int) -> None:
         """Hold enough for a body of `body_bytes` (BODY_COPIES each)."""
+        self.body_bytes = max(self.body_bytes, body_bytes)
         wanted = math.ceil(body_bytes * BODY_COPIES) - self.size
         if wanted > 0:
             await self.budget.take(wanted)

@@ -1,15 +1,18 @@
-"""`clipgate serve ...`: flags -> config -> a check that the model can be had -> uvicorn -> the app."""
+"""`clipgate serve ...`: flags -> config -> a check that the model can be had -> uvicorn -> the app.
+`clipgate config ...` prints the configuration those flags, the file and the environment make."""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
+import json
 import os
 import sys
 from collections.abc import Sequence
 
 from clipgate import __version__
-from clipgate.config import DTYPES, Config, ConfigError, check_device
+from clipgate.config import DTYPES, SECTIONS, Config, ConfigError, check_device
 
 
 def _device(value: str) -> str:
@@ -24,12 +27,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--version", action="version", version=f"clipgate {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser("serve", help="run the gateway")
-    serve.add_argument("--config", help="a TOML file (see configs/default.toml); CLIPGATE_* variables override it")
-    serve.add_argument("--model", help="a Hugging Face id, a checkpoint folder, random:tiny or random:base")
-    serve.add_argument("--host", help="address to listen on (default 127.0.0.1)")
-    serve.add_argument("--port", type=int, help="port to listen on (default 8000)")
-    serve.add_argument("--device", type=_device, metavar="{auto,cpu,cuda,cuda:N}", help="where the model runs")
-    serve.add_argument("--dtype", choices=DTYPES, help="model weights' type")
+    show = commands.add_parser("config", help="print the effective configuration (file, environment, flags)")
+    for command in (serve, show):
+        command.add_argument("--config", help="a TOML file (configs/default.toml); CLIPGATE_* variables override it")
+        command.add_argument("--model", help="a Hugging Face id, a checkpoint folder, random:tiny or random:base")
+        command.add_argument("--host", help="address to listen on (default 127.0.0.1)")
+        command.add_argument("--port", type=int, help="port to listen on (default 8000)")
+        command.add_argument("--device", type=_device, metavar="{auto,cpu,cuda,cuda:N}", help="where the model runs")
+        command.add_argument("--dtype", choices=DTYPES, help="model weights' type")
     return parser.parse_args(argv)
 
 
@@ -52,7 +57,35 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"clipgate: config error: {exc}", file=sys.stderr)
         return 2
+    if args.command == "config":
+        print(config_toml(config), end="")
+        return 0
     return serve(config)
+
+
+def config_toml(config: Config) -> str:
+    """The configuration as TOML, in the shape of configs/default.toml; keys shown as ***."""
+    tables = {name: getattr(config, name) for name in SECTIONS} | dict(config.protocols)
+    lines: list[str] = []
+    for name, table in tables.items():
+        lines.append(f"[{name}]")
+        for field in dataclasses.fields(table):
+            value = getattr(table, field.name)
+            if field.name == "keys":
+                value = tuple("***" for _ in value)
+            lines.append(f"{field.name} = {_toml_value(value)}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _toml_value(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, tuple):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    return json.dumps(str(value))  # a TOML basic string is a JSON string
 
 
 def serve(config: Config) -> int:
@@ -62,6 +95,7 @@ def serve(config: Config) -> int:
 
     from clipgate.app import create_app
     from clipgate.engine import ModelLoadError, backend, resolve_checkpoint
+    from clipgate.logs import configure_logging
 
     try:
         backend(config.model).check_device(config.model.device)  # fail in seconds, before the server
@@ -77,13 +111,16 @@ def serve(config: Config) -> int:
         if server is not None:
             server.should_exit = True
 
+    configure_logging(config.server)  # before uvicorn's first line, so every line has one format
     server = uvicorn.Server(
         uvicorn.Config(
             functools.partial(create_app, config, on_fatal=on_fatal),
             factory=True,
             host=config.server.host,
             port=config.server.port,
+            log_config=None,
             log_level=config.server.log_level,
+            access_log=False,  # clipgate writes its own access line (clipgate.logs)
             lifespan="on",
             timeout_graceful_shutdown=30,
         )

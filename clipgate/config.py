@@ -32,6 +32,7 @@ def _require(ok: bool, key: str, rule: str, value: object) -> None:
 
 
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
+LOG_FORMATS = ("auto", "text", "json")
 DTYPES = ("auto", "float32", "float16", "bfloat16")
 BACKENDS = ("torch",)
 _DEVICE = re.compile(r"auto|cpu|cuda(:[0-9]+)?")
@@ -48,6 +49,9 @@ class ServerConfig:
     host: str = "127.0.0.1"
     port: int = 8000
     log_level: str = "info"
+    log_format: str = "auto"  # text, json, or auto: json when stderr is not a terminal
+    metrics: bool = True
+    metrics_port: int = 0  # 0: /metrics on the main port
     max_body_bytes: int = 64 * 1024 * 1024
     max_inflight_body_bytes: int = 0  # 0: a fraction of the memory (clipgate.budget.auto_capacity)
     body_budget_wait_s: float = 1.0
@@ -64,6 +68,11 @@ class ServerConfig:
 
     def __post_init__(self) -> None:
         _require(0 <= self.port <= 65535, "server.port", "must be 0-65535", self.port)
+        _require(0 <= self.metrics_port <= 65535, "server.metrics_port", "must be 0-65535", self.metrics_port)
+        formats = ("auto", "text", "json")
+        _require(
+            self.log_format in formats, "server.log_format", f"must be one of {', '.join(formats)}", self.log_format
+        )
         _require(
             self.log_level in LOG_LEVELS, "server.log_level", f"must be one of {', '.join(LOG_LEVELS)}", self.log_level
         )

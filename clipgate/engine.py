@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib
 import json
 import logging
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ import numpy as np
 from numpy.typing import NDArray
 from PIL import Image
 from tokenizers import Tokenizer
+from tqdm.auto import tqdm
 
 from clipgate import random_checkpoint
 from clipgate.canonical import ModelCard
@@ -128,6 +130,35 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0][:200] if text else type(exc).__name__
 
 
+class LoggedProgress(tqdm):  # type: ignore[misc]
+    """A download's progress as log lines with sizes, every few seconds and at the end, instead
+    of a terminal bar (which would break JSON logs and means nothing in a container's log)."""
+
+    EVERY_S = 2.0
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs["file"] = open(os.devnull, "w")  # noqa: SIM115 - closed in close()
+        kwargs.setdefault("mininterval", 0)
+        self._logged_at = 0.0
+        self._done_logged = False
+        super().__init__(*args, **kwargs)
+
+    def display(self, msg: str | None = None, pos: int | None = None) -> None:
+        total, done = self.total, self.n
+        finished = bool(total) and done >= total
+        now = time.monotonic()
+        if (finished and not self._done_logged) or (not finished and now - self._logged_at >= self.EVERY_S and done):
+            self._logged_at, self._done_logged = now, finished
+            size = tqdm.format_sizeof
+            of = f"/{size(total, 'B', 1000)}" if total else ""
+            log.info("downloading %s: %s%s", self.desc or "model", size(done, "B", 1000), of)
+
+    def close(self) -> None:
+        file = self.fp
+        super().close()
+        file.close()
+
+
 def resolve_checkpoint(cfg: ModelConfig) -> Path:
     """Find the checkpoint folder for `cfg.id`: a random-weight kind, a local folder, or a hub id
     (from the local cache, downloading only when allowed). Raises ModelLoadError."""
@@ -153,8 +184,13 @@ def resolve_checkpoint(cfg: ModelConfig) -> Path:
             raise ModelLoadError(
                 f"model {model_id} is not in the local Hugging Face cache and downloads are off; {hint}"
             ) from exc
+    log.info("downloading %s from the Hugging Face hub", model_id)
     try:
-        return Path(snapshot_download(model_id, allow_patterns=patterns, etag_timeout=cfg.download_timeout_s))
+        return Path(
+            snapshot_download(
+                model_id, allow_patterns=patterns, etag_timeout=cfg.download_timeout_s, tqdm_class=LoggedProgress
+            )
+        )
     except Exception as exc:  # noqa: BLE001 - network, auth or not-found: all end the same way
         raise ModelLoadError(f"cannot download model {model_id} ({_first_line(exc)}); {hint}") from exc
 

@@ -9,6 +9,7 @@ import logging
 import math
 import random
 import re
+import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -18,9 +19,10 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from clipgate import logs
 from clipgate.adapter import Adapter, Body, Operation, ProtocolSettings, Reply
 from clipgate.budget import Reservation
-from clipgate.canonical import EmbedRequest, EmbedResult, RequestMeta
+from clipgate.canonical import EmbedRequest, EmbedResult, RequestMeta, TextInput
 from clipgate.config import Config, ServerConfig
 from clipgate.errors import (
     ClipgateError,
@@ -36,6 +38,7 @@ from clipgate.errors import (
     Unauthorized,
     UnsupportedMediaType,
 )
+from clipgate.metrics import rejection_reason
 from clipgate.multipart import parse_form
 from clipgate.service import EmbeddingService
 from clipgate.state import AppState
@@ -53,6 +56,7 @@ REQUEST_ID_MAX = 100
 class Route:
     """What one endpoint serves: the adapter, its operation, the protocol's settings, its limits."""
 
+    path: str  # the mounted template, prefix included: the `route` of metrics and logs
     adapter: Adapter
     op: Operation
     settings: ProtocolSettings
@@ -65,15 +69,41 @@ class Route:
         return tuple(key.encode() for key in self.settings.keys)
 
 
+@dataclass(slots=True)
+class Exchange:
+    """What one request turned out to be, for its metrics and its access line."""
+
+    images: int = 0
+    texts: int = 0
+    bytes_in: int = 0
+    rejection: str | None = None  # clipgate_rejections_total's reason, when it was refused
+
+
 def make_endpoint(
-    adapter: Adapter, op: Operation, settings: ProtocolSettings, config: Config, state: AppState
+    path: str, adapter: Adapter, op: Operation, settings: ProtocolSettings, config: Config, state: AppState
 ) -> Endpoint:
-    """The endpoint of one operation: every hook's failure is answered in the adapter's shape."""
-    route = Route(adapter, op, settings, config.server, *body_limit(op, config))
+    """The endpoint of one operation: every hook's failure is answered in the adapter's shape;
+    every request is counted, timed and logged once, under its request id."""
+    route = Route(path, adapter, op, settings, config.server, *body_limit(op, config))
     allowed = set(op.methods) | ({"HEAD"} if "GET" in op.methods else set())
 
     async def endpoint(request: Request) -> Response:
+        started = time.perf_counter()
         meta = _meta(request, settings)
+        token = logs.REQUEST_ID.set(meta.request_id)
+        exchange = Exchange()
+        try:
+            response = await answer(request, meta, exchange)
+            seconds = time.perf_counter() - started
+            state.metrics.request_done(adapter.name, path, response.status_code, seconds)
+            if exchange.rejection is not None:
+                state.metrics.rejected(exchange.rejection)
+            logs.access(_access_fields(route, request, meta, response.status_code, seconds, exchange))
+            return response
+        finally:
+            logs.REQUEST_ID.reset(token)
+
+    async def answer(request: Request, meta: RequestMeta, exchange: Exchange) -> Response:
         extra: Mapping[str, str] = {}
         try:
             extra = dict(adapter.response_headers(meta))
@@ -83,17 +113,37 @@ def make_endpoint(
                 raise HeaderTooLarge(f"x-request-id is longer than {REQUEST_ID_MAX} characters.")
             if op.respond is not None:
                 return _response(op.respond(state, meta), extra)
-            return await _serve(route, state, request, meta, extra)
+            return await _serve(route, state, request, meta, extra, exchange)
         except ClipgateError as err:
+            exchange.rejection = rejection_reason(err)
             response = _error(route, meta, extra, err)
             _drop_tracebacks(err)
             return response
         except Exception as exc:  # noqa: BLE001 - the traceback goes to the log, never to the caller
-            log.exception("unhandled error on %s %s (request %s)", meta.method, meta.path, meta.request_id)
+            log.exception("unhandled error on %s %s", meta.method, meta.path)
             _drop_tracebacks(exc)
             return _error(route, meta, extra, InternalError())
 
     return endpoint
+
+
+def _access_fields(
+    route: Route, request: Request, meta: RequestMeta, status: int, seconds: float, exchange: Exchange
+) -> dict[str, object]:
+    client = request.client
+    return {
+        "request_id": meta.request_id,
+        "protocol": route.adapter.name,
+        "route": route.path,
+        "method": meta.method,
+        "status": status,
+        "duration_ms": round(seconds * 1000, 2),
+        "images": exchange.images,
+        "texts": exchange.texts,
+        "bytes_in": exchange.bytes_in,
+        "client": f"{client.host}:{client.port}" if client is not None else None,
+        "trace_id": logs.trace_id(meta.headers.get("traceparent")),
+    }
 
 
 def _drop_tracebacks(exc: BaseException) -> None:
@@ -124,7 +174,7 @@ def _error(route: Route, meta: RequestMeta, extra: Mapping[str, str], err: Clipg
 
 
 async def _serve(
-    route: Route, state: AppState, request: Request, meta: RequestMeta, extra: Mapping[str, str]
+    route: Route, state: AppState, request: Request, meta: RequestMeta, extra: Mapping[str, str], exchange: Exchange
 ) -> Response:
     """An embedding request, step by step: credential from headers or query, admission (requests
     in flight, then body bytes in flight), the body (within the deadline: 408), the credential
@@ -139,7 +189,9 @@ async def _serve(
                 body = await _read_body_by(deadline, request, route, meta, reservation)
             except ClientDisconnect:
                 log.info("%s %s: the client went away during its upload", meta.method, meta.path)
+                exchange.rejection = "client_gone"
                 return Response(status_code=499)  # nobody reads this
+            exchange.bytes_in = reservation.body_bytes
             if not authorized:
                 _authorize(route.adapter.credential(body, meta), route.keys)
             service = state.service
@@ -148,9 +200,12 @@ async def _serve(
             assert route.op.parse is not None and route.op.render is not None
             canonical = route.op.parse(body, meta)
             del body  # what the request still needs is in `canonical`
+            exchange.texts = sum(isinstance(item, TextInput) for item in canonical.items)
+            exchange.images = len(canonical.items) - exchange.texts
             result = await _embed_by(deadline, service, canonical, request.receive, limits.request_timeout_s)
     if result is None:
         log.info("%s %s: the client went away; its work was dropped", meta.method, meta.path)
+        exchange.rejection = "client_gone"
         return Response(status_code=499)  # nobody reads this
     return _response(Reply(200, route.op.render(result, canonical)), extra)
 

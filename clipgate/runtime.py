@@ -17,6 +17,7 @@ from types import FrameType
 from typing import Any
 from urllib.parse import unquote_plus
 
+from clipgate import logs
 from clipgate.config import ServerConfig
 from clipgate.state import AppState
 
@@ -27,7 +28,6 @@ log = logging.getLogger("clipgate")
 # back can wait that long; at 1 ms 16 clients got ~9% more texts per second (make bench).
 GIL_SWITCH_INTERVAL_S = 0.001
 SECRET_PARAMS = frozenset({"api_key", "key", "token", "access_token"})
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 _QUERY_PARAM = re.compile(r"([?&])([^=&#\s]*)=([^&#\s]*)")
 
 
@@ -52,10 +52,10 @@ class RedactSecrets(logging.Filter):
 
 
 def configure_process(server: ServerConfig) -> None:
-    """Logging for clipgate's own loggers (unless the host configured the root logger), the GIL
-    switch interval, and key redaction on uvicorn's access log. Safe to call more than once."""
-    logging.basicConfig(level=server.log_level.upper().replace("TRACE", "DEBUG"), format=LOG_FORMAT)
-    logging.getLogger("clipgate").setLevel(server.log_level.upper().replace("TRACE", "DEBUG"))
+    """Logging (clipgate.logs: text or JSON, the request id on every record, clipgate's own access
+    line instead of uvicorn's), the GIL switch interval, and key redaction on uvicorn's access log
+    should a host turn it back on. Safe to call more than once."""
+    logs.configure_logging(server)
     sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
     access = logging.getLogger("uvicorn.access")
     if not any(isinstance(f, RedactSecrets) for f in access.filters):

@@ -17,6 +17,7 @@ from clipgate.cpu_turns import CpuTurns
 from clipgate.engine import Encoder, Model
 from clipgate.errors import ImageError, InvalidRequest, Overloaded, PayloadTooLarge, UnknownModel
 from clipgate.images import Pixels, decode_base64, decode_image, limit_pillow
+from clipgate.metrics import Metrics
 
 # A JPEG is decoded at reduced size only while its shortest side stays this many times the model's
 # input side: the resize that follows then sees nearly the same pixels (measured: embedding cosine
@@ -37,8 +38,16 @@ def _done(value: T) -> asyncio.Future[T]:
 class EmbeddingService:
     """Owns the model, the batcher and the decode pool for the life of the app."""
 
-    def __init__(self, model: Model, config: Config, *, resolver: urls.Resolver = urls.system_resolver) -> None:
+    def __init__(
+        self,
+        model: Model,
+        config: Config,
+        *,
+        metrics: Metrics | None = None,
+        resolver: urls.Resolver = urls.system_resolver,
+    ) -> None:
         self.model = model
+        self.metrics = metrics or Metrics.disabled()
         self.config = config
         images = config.images
         limit_pillow(images.max_pixels)
@@ -57,6 +66,7 @@ class EmbeddingService:
             },
             max_wait_s=batching.max_wait_ms / 1000,
             max_incoming_wait_s=batching.max_wait_incoming_ms / 1000,
+            observe=self.metrics.batch_done,
         )
 
     @property
@@ -183,11 +193,16 @@ class EmbeddingService:
 
     def _tokenize(self, texts: list[str]) -> list[list[int]]:
         with self.turns.decoding():
-            return self.model.preprocessor.tokenize(texts)
+            ids = self.model.preprocessor.tokenize(texts)
+        self.metrics.tokenized([len(row) for row in ids])
+        return ids
 
     def _decode(self, source: bytes | str) -> Pixels:
         """Runs in the decode pool, on the decoders' turn: base64, decode, verify and preprocess one image."""
         with self.turns.decoding():
+            started = time.perf_counter()
             data = decode_base64(source) if isinstance(source, str) else source
             reduce_to = math.ceil(REDUCED_DECODE_MARGIN * self.model.card.image_size) if self._reduced_decode else None
-            return self.model.preprocessor.preprocess(decode_image(data, self.config.images, reduce_to=reduce_to))
+            pixels = self.model.preprocessor.preprocess(decode_image(data, self.config.images, reduce_to=reduce_to))
+        self.metrics.decoded(time.perf_counter() - started)
+        return pixels

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 from clipgate.budget import BodyBudget
 from clipgate.canonical import ModelCard
+from clipgate.metrics import Metrics
 
 if TYPE_CHECKING:
     from clipgate.service import EmbeddingService
@@ -16,9 +17,10 @@ class AppState:
     """One per app. `service` is set once the model is loaded and warm, and cleared when the app
     stops: while it is None, embedding requests get 503 and readiness probes say not ready."""
 
-    def __init__(self, version: str, body_budget: BodyBudget) -> None:
+    def __init__(self, version: str, body_budget: BodyBudget, metrics: Metrics) -> None:
         self.service: EmbeddingService | None = None
         self.body_budget = body_budget  # request body bytes in flight, over every request
+        self.metrics = metrics
         self.draining = False  # SIGTERM: probes say not ready while requests in flight finish
         self.inflight = 0  # embedding requests being read, decoded or waiting
         self.version = version
@@ -39,3 +41,7 @@ class AppState:
     @property
     def card(self) -> ModelCard | None:
         return self.service.card if self.service is not None else None
+
+    def queue_depth(self, kind: str) -> int:
+        """Items of `kind` queued or being prepared for the model."""
+        return self.service.batcher.pending(kind) if self.service is not None else 0

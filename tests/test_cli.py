@@ -87,3 +87,47 @@ def test_access_log_never_shows_a_key(path: str, expected: str) -> None:
     )
     assert RedactSecrets().filter(record)
     assert record.getMessage() == f'127.0.0.1:1 - "POST {expected} HTTP/1.1" 200'
+
+
+def test_config_prints_the_effective_configuration_as_loadable_toml(tmp_path: Path) -> None:
+    from clipgate.app import load_app_config
+
+    env = {"CLIPGATE_ROBOFLOW_KEYS": "k1,k2", "CLIPGATE_SERVER_PORT": "9100"}
+    result = run_cli("config", "--config", "configs/default.toml", "--model", "random:tiny", env=env)
+    assert result.returncode == 0, result.stderr
+    assert "k1" not in result.stdout and 'keys = ["***", "***"]' in result.stdout
+    printed = tmp_path / "printed.toml"
+    printed.write_text(result.stdout)
+    config = load_app_config(printed)  # the output is a config file that loads
+    assert config.server.port == 9100 and config.model.id == "random:tiny"
+    assert config.protocol("roboflow").keys == ("***", "***")
+    expected = load_app_config(ROOT / "configs" / "default.toml", env).replace("model", id="random:tiny")
+    assert config.replace("roboflow", keys=("k1", "k2")) == expected
+
+
+def test_config_with_an_invalid_setting_exits_2_with_the_error() -> None:
+    result = run_cli("config", env={"CLIPGATE_MODEL_DEVCE": "cuda"})
+    assert result.returncode == 2 and result.stdout == ""
+    assert "did you mean CLIPGATE_MODEL_DEVICE?" in result.stderr
+
+
+def test_version() -> None:
+    from clipgate import __version__
+
+    result = run_cli("--version")
+    assert result.returncode == 0 and result.stdout.strip() == f"clipgate {__version__}"
+
+
+def test_download_progress_is_logged_with_sizes(caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    from clipgate.engine import LoggedProgress
+
+    caplog.set_level(logging.INFO, logger="clipgate.engine")
+    bar = LoggedProgress(total=600_000_000, unit="B", unit_scale=True, desc="model.safetensors")
+    bar.update(150_000_000)
+    bar.update(450_000_000)
+    bar.close()
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines[0] == "downloading model.safetensors: 150MB/600MB"  # the first progress, at once
+    assert lines[-1] == "downloading model.safetensors: 600MB/600MB" and len(lines) == 2  # then every 2 s, and done

@@ -109,6 +109,8 @@ NO_HTTP = [
     "engine.py",
     "errors.py",
     "images.py",
+    "logs.py",
+    "metrics.py",
     "multipart.py",
     "openapi.py",
     "random_checkpoint.py",

@@ -186,6 +186,8 @@ def test_a_client_that_disconnects_has_its_queued_work_dropped(gated: GatedModel
         wait_until(lambda: gateway.inflight == 0, "the server to go idle")
         leaver_tokens = gated.preprocessor.tokenize(["a caller who hangs up"])[0]
         assert leaver_tokens not in [row for batch in gated.batches for row in batch]
+        metrics = gateway.metrics.exposition().decode()
+        assert 'clipgate_rejections_total{reason="client_gone"} 1.0' in metrics
 
 
 def test_a_body_slower_than_the_deadline_is_a_408_not_an_overload(model: Model) -> None:

@@ -65,46 +65,78 @@ class Response:
 
 @dataclass
 class LoadReport:
-    """What one run saw. `latencies_s` and `statuses` cover the requests that finished inside
-    the measured window; `failures` counts connection errors and timeouts (no status)."""
+    """What one run saw, counting only the answers that finished inside the measured window.
+
+    Only a *successful* answer (status 200, and a body that passed the run's `check` if it had
+    one) counts towards the rate and the latencies: a server that answers 503 fast must not look
+    fast. Every answer's status is kept in `statuses`, 200s whose body failed the check in
+    `bad_bodies`, and connection errors and timeouts (no status at all) in `failures`, so a run
+    that was not clean says so (`clean`, `problems`)."""
 
     concurrency: int
     elapsed_s: float = 0.0
-    latencies_s: list[float] = field(default_factory=list)
+    latencies_s: list[float] = field(default_factory=list)  # of the successful answers only
     statuses: collections.Counter[int] = field(default_factory=collections.Counter)
     failures: collections.Counter[str] = field(default_factory=collections.Counter)
-    items_per_request: float = 1.0
     bad_bodies: int = 0
 
+    def record(self, status: int, latency_s: float, *, body_ok: bool = True) -> None:
+        """One answer inside the window. `body_ok` is the `check`'s verdict on a 200 body."""
+        self.statuses[status] += 1
+        if status != 200:
+            return
+        if not body_ok:
+            self.bad_bodies += 1
+            return
+        self.latencies_s.append(latency_s)
+
     @property
-    def completed(self) -> int:
+    def answered(self) -> int:
+        """Answers of any status."""
+        return sum(self.statuses.values())
+
+    @property
+    def succeeded(self) -> int:
+        """Successful answers: the only ones any figure counts."""
         return len(self.latencies_s)
 
     @property
     def rate(self) -> float:
-        """Requests per second."""
-        return self.completed / self.elapsed_s if self.elapsed_s else 0.0
-
-    @property
-    def item_rate(self) -> float:
-        """Images or texts per second."""
-        return self.rate * self.items_per_request
+        """Successful answers per second (each benchmark request carries one image or text)."""
+        return self.succeeded / self.elapsed_s if self.elapsed_s else 0.0
 
     def percentile(self, q: float) -> float:
+        """Latency of the successful answers."""
         return percentile(self.latencies_s, q)
+
+    def problems(self) -> list[str]:
+        """Why the run is not a clean measure; empty when every request was answered 200 with a
+        good body."""
+        out = [f"{n} x {code}" for code, n in sorted(self.statuses.items()) if code != 200]
+        if self.bad_bodies:
+            out.append(f"{self.bad_bodies} x 200 with a bad body")
+        out += [f"{n} x {kind}" for kind, n in sorted(self.failures.items())]
+        if not self.succeeded and not out:
+            out.append("no answer in the window")
+        return out
+
+    @property
+    def clean(self) -> bool:
+        return not self.problems()
 
     def summary(self) -> dict[str, object]:
         return {
             "concurrency": self.concurrency,
             "elapsed_s": round(self.elapsed_s, 3),
-            "requests": self.completed,
-            "requests_per_s": round(self.rate, 2),
-            "items_per_s": round(self.item_rate, 2),
-            "p50_ms": round(self.percentile(50) * 1000, 2),
+            "answered": self.answered,
+            "succeeded": self.succeeded,
+            "per_s": round(self.rate, 2),  # successful answers only
+            "p50_ms": round(self.percentile(50) * 1000, 2),  # of successful answers only
             "p99_ms": round(self.percentile(99) * 1000, 2),
             "statuses": {str(k): v for k, v in sorted(self.statuses.items())},
             "failures": dict(self.failures),
             "bad_bodies": self.bad_bodies,
+            "problems": self.problems(),
         }
 
 
@@ -199,17 +231,18 @@ async def run_load(
     duration_s: float | None = None,
     warmup: int = 0,
     timeout_s: float = 60.0,
-    items_per_request: float = 1.0,
     check: Callable[[Response], bool] | None = None,
     on_progress: Callable[[int], None] | None = None,
 ) -> LoadReport:
     """Send `requests` round-robin from `concurrency` workers until `total` have been sent or
     `duration_s` has passed (at least one bound is required). The first `warmup` requests are
     sent and not counted. A request that takes longer than `timeout_s` counts as a failure and
-    its connection is dropped. `check`, when given, validates each 200 body."""
+    its connection is dropped. `check`, when given, validates each 200 body; only a 200 that
+    passes it counts as a success (see `LoadReport`). `on_progress(answered)` is called after
+    each answer inside the window."""
     if total is None and duration_s is None:
         raise ValueError("a load run needs a request count, a duration, or both")
-    report = LoadReport(concurrency=concurrency, items_per_request=items_per_request)
+    report = LoadReport(concurrency=concurrency)
     cycle: Iterator[bytes] = itertools.cycle(requests)
     budget = itertools.count()
     if warmup:
@@ -234,21 +267,19 @@ async def run_load(
                 done = time.perf_counter()
                 if done > deadline:
                     return  # finished after the window closed: not counted
-                report.latencies_s.append(done - sent)
-                report.statuses[response.status] += 1
+                body_ok = response.status != 200 or check is None or check(response)
+                report.record(response.status, done - sent, body_ok=body_ok)
                 last_done[0] = max(last_done[0], done)
-                if response.status == 200 and check is not None and not check(response):
-                    report.bad_bodies += 1
                 if on_progress is not None:
-                    on_progress(report.completed)
+                    on_progress(report.answered)
         finally:
             await conn.close()
 
     await asyncio.gather(*(worker() for _ in range(concurrency)))
-    # A timed window ends at its last counted answer, not at the deadline: under a batching
+    # A timed window ends at its last answer inside it, not at the deadline: under a batching
     # server, answers come in waves (16 clients, one batch), and a window cut between waves
     # would count whole waves over a fractional time, off by up to one wave (~10% at 7 s).
-    end = last_done[0] if duration_s is not None and report.completed else min(time.perf_counter(), deadline)
+    end = last_done[0] if duration_s is not None and report.answered else min(time.perf_counter(), deadline)
     report.elapsed_s = end - started
     return report
 

@@ -58,7 +58,7 @@ def create_naive_app(model_dir: str) -> Starlette:
         routes=[
             Route("/clip/embed_image", image_route, methods=["POST"]),
             Route("/clip/embed_text", text_route, methods=["POST"]),
-            Route("/readiness", ready),
+            Route("/readyz", ready),  # what the benchmark waits for, as on clipgate
         ]
     )
 

@@ -222,7 +222,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         after_mem = servers.memory_kib(server.pid)
         after = {
             "valid": probe(port, "POST", "/clip/embed_text", orjson.dumps({"text": "still there?"})),
-            "readiness": probe(port, "GET", "/readiness"),
+            "readiness": probe(port, "GET", "/readyz"),
         }
         summary = report.summary()
         growth = (after_mem["VmRSS"] - before["VmRSS"]) / 1024

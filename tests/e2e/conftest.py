@@ -7,18 +7,17 @@ import io
 import math
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-import requests
 from PIL import Image, ImageOps
+
+from clipgate.bench.servers import NotReady, free_port, wait_ready
 
 E2E_DIR = Path(__file__).resolve().parent
 REPO_ROOT = E2E_DIR.parent.parent
@@ -38,45 +37,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 # --- the live server ------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def _server_output(log_path: Path) -> str:
+def _wait_ready(proc: subprocess.Popen[bytes], port: int, log_path: Path) -> None:
+    """The shared readiness wait; its failure (the process exited, or the deadline passed) fails
+    the test with the server's output."""
     try:
-        return log_path.read_text(errors="replace")
-    except OSError as exc:
-        return f"(cannot read the server log {log_path}: {exc})"
-
-
-def _wait_ready(proc: subprocess.Popen[bytes], base_url: str, log_path: Path) -> None:
-    """Poll GET /readiness until 200; fail at once if the process exits, or after the deadline."""
-    deadline = time.monotonic() + STARTUP_TIMEOUT_S
-    last = "no answer yet"
-    while True:
-        code = proc.poll()
-        if code is not None:
-            pytest.fail(
-                f"clipgate exited with status {code} before it was ready; its output:\n{_server_output(log_path)}",
-                pytrace=False,
-            )
-        try:
-            response = requests.get(f"{base_url}/readiness", timeout=2)
-            if response.status_code == 200:
-                return
-            last = f"HTTP {response.status_code}: {response.text[:200]}"
-        except requests.RequestException as exc:
-            last = f"{type(exc).__name__}"
-        if time.monotonic() > deadline:
-            pytest.fail(
-                f"clipgate was not ready after {STARTUP_TIMEOUT_S:.0f} s (last answer: {last}); its output:\n"
-                f"{_server_output(log_path)}",
-                pytrace=False,
-            )
-        time.sleep(0.1)  # the bounded readiness poll: the one sleep in the e2e suite
+        wait_ready(proc, "127.0.0.1", port, timeout_s=STARTUP_TIMEOUT_S, log_path=log_path, name="clipgate")
+    except NotReady as exc:
+        pytest.fail(str(exc), pytrace=False)
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:
@@ -100,7 +67,7 @@ def live_server(cache_dir: Path, tiny_dir: Path, tmp_path_factory: pytest.TempPa
     The checkpoint is already built (`tiny_dir`) in the session cache the server is pointed at.
     Other CLIPGATE_* variables of the test environment are not passed on, so the server runs
     with its defaults (no keys, URL input off)."""
-    port = _free_port()
+    port = free_port()
     log_path = tmp_path_factory.mktemp("clipgate-server") / "server.log"
     env = {k: v for k, v in os.environ.items() if not k.startswith("CLIPGATE_")}
     env["CLIPGATE_CACHE_DIR"] = str(cache_dir)
@@ -121,7 +88,7 @@ def live_server(cache_dir: Path, tiny_dir: Path, tmp_path_factory: pytest.TempPa
         proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO_ROOT)
     base_url = f"http://127.0.0.1:{port}"
     try:
-        _wait_ready(proc, base_url, log_path)
+        _wait_ready(proc, port, log_path)
         SERVER_LOGS[base_url] = log_path
         yield base_url
     finally:

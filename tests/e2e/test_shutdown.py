@@ -1,6 +1,6 @@
-"""A real server process, hosted by `clipgate serve` and by `uvicorn --factory` alike: keys are
-blanked in its access log, and on SIGTERM readiness turns 503 at once, requests in flight are
-finished, and the process exits 0."""
+"""A real server process, hosted by `clipgate serve` and by `uvicorn --factory` alike: its log holds
+clipgate's own access lines and never a key, and on SIGTERM readiness turns 503 at once,
+requests in flight are finished, and the process exits 0."""
 
 from __future__ import annotations
 
@@ -106,4 +106,6 @@ def test_sigterm_turns_unready_finishes_requests_in_flight_and_exits_0(
         assert server.proc.wait(timeout=30) == 0
     log = (tmp_path / "server.log").read_text()
     assert "Traceback" not in log
-    assert "/clip/embed_text?api_key=***" in log and SECRET not in log
+    assert SECRET not in log
+    access = [json.loads(line) for line in log.splitlines() if '"clipgate.access"' in line]  # JSON: not a terminal
+    assert [a["status"] for a in access if a["route"] == "/clip/embed_text"] == [200, 200]  # with key, in flight
