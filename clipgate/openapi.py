@@ -53,7 +53,8 @@ CAUSES: dict[type[ClipgateError], str] = {
     InternalError: "an unexpected error; its traceback goes to the server's log, never to the caller",
 }
 
-# The core's probes (clipgate.probes), described here to keep this module free of web code.
+# The core's probes (clipgate.probes) and /metrics (clipgate.app), described here to keep this
+# module free of web code.
 _STATUS = {"type": "object", "required": ["status"], "properties": {"status": {"type": "string"}}}
 CORE_PATHS: dict[str, dict[str, Any]] = {
     "/livez": {
@@ -100,6 +101,28 @@ CORE_PATHS: dict[str, dict[str, Any]] = {
     },
 }
 
+METRICS: dict[str, Any] = {
+    "get": {
+        "tags": [CORE_TAG],
+        "operationId": "clipgate_get_metrics",
+        "summary": "Prometheus metrics, in its text format",
+        "description": "Served here while `server.metrics` is on and `server.metrics_port` is 0; "
+        "on a port of its own otherwise.",
+        "responses": {
+            "200": {
+                "description": "The metrics",
+                "content": {
+                    "text/plain": {
+                        "schema": {"type": "string"},
+                        "example": "# TYPE clipgate_ready gauge\nclipgate_ready 1.0\n",
+                    }
+                },
+            }
+        },
+        "security": [],
+    }
+}
+
 
 def protocol_prefix(config: Config, name: str) -> str:
     """A protocol's prefix as its routes are mounted: "" or "/segment[/...]" (clipgate.app)."""
@@ -115,7 +138,9 @@ def mount_path(prefix: str, path: str) -> str:
 def document(config: Config, registry: Mapping[str, Adapter], version: str) -> dict[str, Any]:
     """The OpenAPI 3.1 document of the app that `config` and `registry` make."""
     paths: dict[str, dict[str, Any]] = {path: dict(item) for path, item in CORE_PATHS.items()}
-    tags = [{"name": CORE_TAG, "description": "The core's own routes: probes, never under a prefix."}]
+    if config.server.metrics and config.server.metrics_port == 0:
+        paths["/metrics"] = dict(METRICS)
+    tags = [{"name": CORE_TAG, "description": "The core's own routes: probes and metrics, never under a prefix."}]
     schemas: dict[str, Any] = {}
     schemes: dict[str, Any] = {}
     for name, adapter in registry.items():

@@ -33,6 +33,8 @@ CONFIGS = {
     "prefixed": {"roboflow": {"prefix": "/rf"}, "sambastudio": {"prefix": "/ss/"}, "azureml": {"prefix": "/az"}},
     "roboflow-off": {"roboflow": {"enabled": False}, "azureml": {"prefix": "/azure/ml"}},
     "all-off": {name: {"enabled": False} for name in ("sambastudio", "azureml", "roboflow")},
+    "metrics-off": {"server": {"metrics": False}},
+    "metrics-apart": {"server": {"metrics_port": 9464}},  # served by its own exporter, not this app
 }
 
 
@@ -88,9 +90,9 @@ def test_every_route_is_documented_and_every_documented_path_is_routed(model: Mo
     app = create_app(config_named(name), model)
     routed = {route.path for route in app.routes if isinstance(route, Route)}
     assert set(docs.PATHS) <= routed
-    with TestClient(app) as client:
-        documented = set(client.get("/openapi.json").json()["paths"])
+    documented = set(TestClient(app).get("/openapi.json").json()["paths"])  # no lifespan: no exporter started
     assert routed - set(docs.PATHS) == documented
+    assert ("/metrics" in documented) == (name != "metrics-off" and name != "metrics-apart")
     assert not documented & set(docs.PATHS)
 
 
