@@ -24,7 +24,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from adapters import REGISTRY
-from clipgate import __version__, admin, probes, runtime
+from clipgate import __version__, admin, docs, openapi, probes, runtime
 from clipgate.adapter import Adapter
 from clipgate.budget import BodyBudget, auto_capacity
 from clipgate.config import Config, load_config
@@ -54,8 +54,8 @@ def _prefix(config: Config, name: str) -> str:
 
 
 def build_routes(config: Config, state: AppState) -> list[BaseRoute]:
-    """The core's probes (and /metrics), then every enabled protocol's routes under its prefix.
-    Two routes on one path are a startup error naming both owners."""
+    """The core's probes, /metrics and API docs, then every enabled protocol's routes under its
+    prefix. Two routes on one path are a startup error naming both owners."""
     routes: list[BaseRoute] = list(probes.routes(state))
     seen = dict.fromkeys(probes.PATHS, "clipgate's probes")
     if config.server.metrics and config.server.metrics_port == 0:
@@ -64,6 +64,8 @@ def build_routes(config: Config, state: AppState) -> list[BaseRoute]:
     if config.faults.enabled:
         routes += admin.routes(state.faults, config.faults.admin_key)
         seen[admin.PATH] = "clipgate's fault admin"
+    routes += docs.routes(openapi.document(config, REGISTRY, __version__))
+    seen.update(dict.fromkeys(docs.PATHS, "clipgate's API docs"))
     for name, adapter in REGISTRY.items():
         settings = config.protocol(name)
         if not settings.enabled:

@@ -113,12 +113,13 @@ NO_HTTP = [
     "logs.py",
     "metrics.py",
     "multipart.py",
+    "openapi.py",
     "random_checkpoint.py",
     "service.py",
     "state.py",
     "urls.py",
 ]
-HTTP = ["admin.py", "app.py", "cli.py", "http.py", "injection.py", "probes.py", "runtime.py", "testing.py"]
+HTTP = ["admin.py", "app.py", "cli.py", "docs.py", "http.py", "injection.py", "probes.py", "runtime.py", "testing.py"]
 
 
 @pytest.mark.parametrize("module", NO_HTTP)
