@@ -1,11 +1,15 @@
 """What every hostile case asserts: a 4xx in the vendor's error shape (tests/vendors.py), no traceback
-or internal repr, within a time bound; and the server unharmed after it."""
+or internal repr, within a time bound; the server unharmed after it; and, where it matters, a peak
+memory bound measured so that it can fail."""
 
 from __future__ import annotations
 
 import re
-import resource
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -106,6 +110,37 @@ def assert_serves_after(client: TestClient, route: Route, group: list[Case]) -> 
 
 # --- peak memory -------------------------------------------------------------------------------
 
+STATUS = Path("/proc/self/status")
+CLEAR_REFS = Path("/proc/self/clear_refs")
 
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+def _status_mb(key: str) -> float:
+    for line in STATUS.read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1]) / 1024  # kB
+    raise AssertionError(f"{STATUS} has no {key}")
+
+
+@dataclass
+class Peak:
+    start_mb: float = 0.0
+    peak_mb: float = 0.0
+
+    @property
+    def grown_mb(self) -> float:
+        """How far the process's resident memory rose above where it was when the block began."""
+        return self.peak_mb - self.start_mb
+
+
+@contextmanager
+def peak_memory() -> Iterator[Peak]:
+    """The process's peak resident memory over the block. `ru_maxrss` is a high-water mark for the
+    process's whole life, so a block after a larger one would read as nothing: here Linux resets
+    the mark (VmHWM) to the current size as the block begins (`5` to /proc/self/clear_refs)."""
+    peak = Peak()
+    CLEAR_REFS.write_text("5")
+    peak.start_mb = _status_mb("VmHWM")
+    try:
+        yield peak
+    finally:
+        peak.peak_mb = _status_mb("VmHWM")

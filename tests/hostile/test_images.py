@@ -22,7 +22,7 @@ from tests.hostile.checks import (
     assert_unharmed,
     check,
     check_case,
-    peak_rss_mb,
+    peak_memory,
     send,
 )
 from tests.hostile.routes import (
@@ -82,10 +82,9 @@ def test_the_bombs_declare_what_they_say() -> None:
 @pytest.mark.parametrize("case", params(BOMB_CASES))
 def test_decompression_bomb(gateway: TestClient, case: Case) -> None:
     call = case.make()
-    before = peak_rss_mb()
-    check(gateway, case.route, call, case.allowed)
-    grown = peak_rss_mb() - before
-    assert grown < MAX_RSS_GROWTH_MB, f"peak memory grew by {grown:.0f} MB"
+    with peak_memory() as peak:
+        check(gateway, case.route, call, case.allowed)
+    assert peak.grown_mb < MAX_RSS_GROWTH_MB, f"peak memory grew by {peak.grown_mb:.0f} MB"
     assert_serves(gateway, case.route)
 
 
@@ -104,16 +103,15 @@ UNDER_LIMIT_CASES = cases(
 @pytest.mark.parametrize("case", params(UNDER_LIMIT_CASES))
 def test_bomb_under_the_pixel_limit_costs_bounded_time_and_memory(gateway: TestClient, case: Case) -> None:
     call = case.make()
-    before = peak_rss_mb()
-    response, elapsed = send(gateway, case.route, call)
+    with peak_memory() as peak:
+        response, elapsed = send(gateway, case.route, call)
     assert elapsed < TIME_LIMIT_S, f"took {elapsed:.2f} s: {shown(response)}"
     assert response.status_code in {200, 400, 413}, shown(response)
     if response.status_code == 200:
         case.route.endpoint.assert_served(response, count=1)
     else:
         assert_refused(case.route, response, elapsed)
-    grown = peak_rss_mb() - before
-    assert grown < MAX_RSS_GROWTH_MB, f"peak memory grew by {grown:.0f} MB"
+    assert peak.grown_mb < MAX_RSS_GROWTH_MB, f"peak memory grew by {peak.grown_mb:.0f} MB"
     assert_serves(gateway, case.route)
 
 
