@@ -221,6 +221,7 @@ class Case:
     name: str
     make: Callable[[], dict[str, Any]]  # the request's keywords, built when sent (some are large)
     allowed: frozenset[int] = frozenset()
+    heavy: bool = False  # costly for its size alone: served right after in its own test, not sent again
 
     @property
     def id(self) -> str:
