@@ -60,6 +60,7 @@ def assert_unharmed(client: TestClient) -> None:
     flight (a leaked admission would end in 503s), and still ready."""
     state = app_state(client)
     assert state.inflight == 0, f"{state.inflight} requests still counted in flight after their answer"
+    assert state.body_budget.used == 0, f"{state.body_budget.used} body bytes still reserved after the answer"
     assert state.ready, f"the server is no longer ready: {state.not_ready_reason()}"
 
 
