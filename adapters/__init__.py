@@ -12,6 +12,7 @@ PROTOCOLS = (
     "sambastudio",
     "azureml",
     "roboflow",
+    "openai",
 )
 
 REGISTRY: dict[str, Adapter] = {
