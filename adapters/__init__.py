@@ -13,6 +13,7 @@ PROTOCOLS = (
     "azureml",
     "roboflow",
     "openai",
+    "cohere",
 )
 
 REGISTRY: dict[str, Adapter] = {

@@ -159,6 +159,7 @@ def test_importing_the_app_loads_no_torch() -> None:
         "adapters.azureml",
         "adapters.sambastudio",
         "adapters.openai",
+        "adapters.cohere",
         "clipgate.http",
         "clipgate.service",
     ):
