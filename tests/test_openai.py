@@ -338,3 +338,15 @@ def test_wrong_method_is_405_in_openai_shape(client: TestClient) -> None:
 def test_vectors_are_finite(client: TestClient) -> None:
     for vector in vectors(client.post("/v1/embeddings", json={"input": ["", " ", "a"]})):
         assert all(math.isfinite(float(x)) for x in vector)
+
+
+def test_not_ready_is_503_with_retry_after_in_both_shapes(tmp_path: Any) -> None:
+    """A server whose model never loads: the clients retry 503s, honouring Retry-After."""
+    config = make_config(model={"id": str(tmp_path / "absent")})
+    with TestClient(create_app(config)) as client:
+        response = client.post("/v1/embeddings", json={"input": "a"})
+        error(response, 503)
+        assert response.headers["retry-after"] == "1"
+        cohere = client.post("/v2/embed", json={"texts": ["a"]})
+        assert cohere.status_code == 503 and set(cohere.json()) == {"id", "message"}
+        assert cohere.headers["retry-after"] == "1"

@@ -1,5 +1,6 @@
-"""One model behind three vendors' wire formats: the same input gives the same vector, bit for bit,
-whichever door it comes in by. Requests go one at a time, so each is a batch of one."""
+"""One model behind five vendors' wire formats: the same input gives the same vector, bit for bit,
+whichever door it comes in by (the OpenAI and Cohere doors scale it to unit length, as those
+vendors do: the same direction). Requests go one at a time, so each is a batch of one."""
 
 from __future__ import annotations
 
@@ -134,3 +135,45 @@ def test_different_inputs_give_different_vectors(live_server: str) -> None:
     t = text_routes(live_server, "a cat")["sambastudio nlp"]
     u = text_routes(live_server, "a dog")["sambastudio nlp"]
     assert t != u
+
+
+def unit_routes(base: str, image: bytes, text: str) -> dict[str, list[float]]:
+    """The OpenAI-compatible and Cohere routes, which answer unit vectors by default."""
+    uri = "data:image/jpeg;base64," + base64.b64encode(image).decode()
+    out: dict[str, list[float]] = {}
+    for kind, value in (("image", uri), ("text", text)):
+        body = ok(
+            requests.post(
+                f"{base}/v1/embeddings", json={"input": [value], "encoding_format": "float"}, timeout=TIMEOUT_S
+            )
+        )
+        out[f"openai {kind}"] = body["data"][0]["embedding"]
+        field = {"image": "images", "text": "texts"}[kind]
+        body = ok(
+            requests.post(f"{base}/v2/embed", json={field: [value], "input_type": "search_document"}, timeout=TIMEOUT_S)
+        )
+        out[f"cohere {kind}"] = body["embeddings"]["float"][0]
+    return out
+
+
+def test_same_direction_on_all_five_protocols(live_server: str, reference: Any) -> None:
+    """OpenAI and Cohere normalize (as their vendors do): the same direction as the raw vectors of
+    the other three, cosine >= 0.99999, unit length; with normalization off, the same vector."""
+    data, text = imagegen.sample("jpeg", seed=74), "a photo of a metal can"
+    raw = {
+        "image": image_via_roboflow(live_server, data),
+        "text": text_routes(live_server, text)["roboflow /clip/embed_text"],
+    }
+    assert (
+        image_via_sambastudio(live_server, data) == raw["image"]
+        and image_via_azureml(live_server, data) == raw["image"]
+    )
+    for name, vector in unit_routes(live_server, data, text).items():
+        kind = name.split()[1]
+        assert reference.cosine(vector, raw[kind]) >= 0.99999, name
+        assert abs(sum(v * v for v in vector) ** 0.5 - 1) < 1e-5, name
+    uri = "data:image/jpeg;base64," + base64.b64encode(data).decode()
+    for value, kind in ((uri, "image"), (text, "text")):
+        body = {"input": [value], "encoding_format": "float", "normalize": False}
+        unnormalized = ok(requests.post(f"{live_server}/v1/embeddings", json=body, timeout=TIMEOUT_S))
+        assert unnormalized["data"][0]["embedding"] == raw[kind], f"openai normalize=false {kind}"
