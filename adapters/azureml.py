@@ -8,7 +8,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from clipgate.adapter import Adapter, Body, Operation, Reply, ServerState, bearer_token
+from clipgate.adapter import Adapter, Body, Doc, Operation, Reply, ServerState, bearer_token
 from clipgate.canonical import (
     JSON,
     EmbedRequest,
@@ -180,15 +180,80 @@ def swagger(state: ServerState, meta: RequestMeta) -> Reply:
     )
 
 
+# --- How these routes are described in GET /openapi.json ------------------------------------------
+
+_VECTOR = {
+    "type": "array",
+    "items": {"type": "number"},
+    "description": "One embedding: the model's raw projection, unnormalized (512 floats for ViT-B/32).",
+}
+SCORE = Doc(
+    summary="Embed the rows of a table of images and texts",
+    description="`input_data` in pandas split form, columns `image` and `text`. Every row fills the image "
+    "column, or the text column, or both; the other column is all empty strings or nulls. An image is a URL "
+    "(when the server allows them) or base64 (line breaks are fine). Each row gives image_features and/or "
+    "text_features, as the columns are filled.",
+    request={
+        "type": "object",
+        "required": ["input_data"],
+        "properties": {
+            "input_data": {
+                "type": "object",
+                "required": ["columns", "data"],
+                "properties": {
+                    "columns": {"type": "array", "items": {"type": "string"}, "examples": [list(COLUMNS)]},
+                    "index": {"type": "array", "description": "Optional; as long as data."},
+                    "data": {
+                        "type": "array",
+                        "items": {"type": "array", "items": {"type": ["string", "null"]}},
+                        "description": "Rows of cells in column order; short rows are padded with nulls.",
+                    },
+                },
+            },
+            "params": {"type": "object", "description": "Accepted and ignored."},
+        },
+    },
+    example={"input_data": {"columns": list(COLUMNS), "index": [0], "data": [["", "a photo of a cat"]]}},
+    response={
+        "type": "array",
+        "items": {
+            "type": "object",
+            "minProperties": 1,
+            "properties": {"image_features": _VECTOR, "text_features": _VECTOR},
+            "additionalProperties": False,
+        },
+    },
+    response_example=[{"text_features": [0.41, -0.13]}],
+)
+HEALTH = Doc(
+    summary="Liveness: Healthy", response={"type": "string"}, response_type="text/plain", response_example="Healthy"
+)
+SWAGGER = Doc(
+    summary="The Azure ML container's own Swagger 2.0 document",
+    response={"type": "object", "required": ["swagger", "paths"]},
+    response_example={
+        "swagger": "2.0",
+        "info": {"title": "clipgate (Azure ML online endpoint)", "version": "0.1.0"},
+        "paths": {"/score": {"post": {"operationId": "RunMLService"}}},
+    },
+)
+ERROR = {"type": "object", "required": ["message"], "properties": {"message": {"type": "string"}}}
+AUTH = {"bearer": {"type": "http", "scheme": "bearer", "description": "`Authorization: Bearer <endpoint key>`"}}
+
+
 ADAPTER = Adapter(
     name="azureml",
     operations=(
-        Operation("/score", parse=parse_score, render=render_score),
-        Operation("/", methods=("GET",), body="none", respond=health, public=True),
-        Operation("/swagger.json", methods=("GET",), body="none", respond=swagger, public=True),
+        Operation("/score", parse=parse_score, render=render_score, doc=SCORE),
+        Operation("/", methods=("GET",), body="none", respond=health, public=True, doc=HEALTH),
+        Operation("/swagger.json", methods=("GET",), body="none", respond=swagger, public=True, doc=SWAGGER),
     ),
     render_error=render_error,
     credential=credential,
     response_headers=response_headers,
     json_content_type_required=True,
+    description="Azure ML online endpoint of OpenAI-CLIP-Image-Text-Embeddings-vit-base-patch32, errors as its "
+    "container answers them.",
+    error_schema=ERROR,
+    auth=AUTH,
 )

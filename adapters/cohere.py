@@ -17,7 +17,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from clipgate.adapter import Adapter, Body, Operation, ProtocolSettings, Reply, bearer_token
+from clipgate.adapter import Adapter, Body, Doc, Operation, ProtocolSettings, Reply, bearer_token
 from clipgate.canonical import (
     JSON,
     EmbedRequest,
@@ -279,14 +279,155 @@ def response_headers(meta: RequestMeta) -> dict[str, str]:
     return {"x-request-id": meta.request_id}
 
 
+# --- documentation (GET /openapi.json) ------------------------------------------------------------
+
+_PNG = "iVBORw0KGgoAAAANSUhEUgAAAAQAAAAECAIAAAAmkwkpAAAAFElEQVR42mM8ISfHAANMDEgANwcANHYBDH++Xo4AAAAASUVORK5CYII="
+_STRINGS = {"type": "array", "items": {"type": "string"}, "minItems": 1}
+_COMMON = {
+    "model": {"type": "string", "maxLength": MAX_MODEL_NAME, "description": "Any name, unless [cohere] strict_model."},
+    "input_type": {"enum": [*INPUT_TYPES, None], "description": "Checked, otherwise ignored."},
+    "texts": {**_STRINGS, "description": "Texts to embed."},
+    "images": {**_STRINGS, "description": "Images as data URIs: data:image/<jpeg|png|webp|gif>;base64,<data>."},
+    "embedding_types": {
+        "type": "array",
+        "items": {"enum": list(EMBEDDING_TYPES)},
+        "description": "float, base64 (little-endian float32), binary, ubinary (sign bits, most significant first). "
+        "int8 and uint8 are a 400.",
+    },
+    "truncate": {
+        "enum": [*TRUNCATE, None],
+        "description": "END (default): cut the end; START: cut the start; NONE: 400.",
+    },
+}
+_V2_REQUEST = {
+    "type": "object",
+    "description": "Exactly one of texts, images and inputs.",
+    "properties": {
+        **_COMMON,
+        "inputs": {
+            "type": "array",
+            "minItems": 1,
+            "items": {"type": "object", "required": ["content"], "properties": {"content": {"type": "array"}}},
+            "description": "One content part each: {type: text, text} or {type: image_url, image_url: {url}}.",
+        },
+        "max_tokens": {"type": ["integer", "null"], "minimum": 1},
+        "output_dimension": {"type": ["integer", "null"], "description": "Only the model's width."},
+        "priority": {"type": "integer", "description": "Accepted and ignored."},
+    },
+}
+_V1_REQUEST = {"type": "object", "description": "Exactly one of texts and images.", "properties": _COMMON}
+_VECTORS = {"type": "array", "items": {"type": "array", "items": {"type": "number"}}}
+_BYTES = {"type": "array", "items": {"type": "array", "items": {"type": "integer"}}}
+_BY_TYPE = {
+    "type": "object",
+    "properties": {
+        "float": _VECTORS,
+        "base64": {"type": "array", "items": {"type": "string"}},
+        "binary": _BYTES,
+        "ubinary": _BYTES,
+    },
+    "description": "Only the requested types, each parallel to the inputs; vectors of unit length.",
+}
+_META = {
+    "type": "object",
+    "properties": {
+        "api_version": {"type": "object", "properties": {"version": {"type": "string"}}},
+        "billed_units": {
+            "type": "object",
+            "properties": {"input_tokens": {"type": "integer"}, "images": {"type": "integer"}},
+        },
+    },
+}
+_IMAGES = {
+    "type": "array",
+    "items": {
+        "type": "object",
+        "required": ["width", "height", "format", "bit_depth"],
+        "properties": {
+            "width": {"type": "integer"},
+            "height": {"type": "integer"},
+            "format": {"type": "string"},
+            "bit_depth": {"type": "integer"},
+        },
+    },
+}
+_RESPONSE_PROPERTIES = {
+    "id": {"type": "string"},
+    "texts": {"type": "array", "items": {"type": "string"}},
+    "images": _IMAGES,
+    "meta": _META,
+}
+_V2_RESPONSE = {
+    "type": "object",
+    "required": ["id", "response_type", "embeddings", "meta"],
+    "properties": {**_RESPONSE_PROPERTIES, "response_type": {"const": "embeddings_by_type"}, "embeddings": _BY_TYPE},
+}
+_V1_RESPONSE = {
+    "type": "object",
+    "required": ["id", "response_type", "embeddings", "texts", "meta"],
+    "properties": {
+        **_RESPONSE_PROPERTIES,
+        "response_type": {"enum": ["embeddings_floats", "embeddings_by_type"]},
+        "embeddings": {"anyOf": [_VECTORS, _BY_TYPE], "description": "Floats unless embedding_types was sent."},
+    },
+}
+_META_EXAMPLE = {"api_version": {"version": "2"}, "billed_units": {"input_tokens": 7, "images": 1}}
+_RAISES = (UnknownModel("Model 'embed-v4.0' is not served here."), TextTooLong(0, 90, 77, asked=True))
+V2_DOC = Doc(
+    summary="Embed texts, images or inputs (Cohere Embed v2)",
+    request=_V2_REQUEST,
+    example={
+        "model": "embed-v4.0",
+        "input_type": "search_document",
+        "inputs": [
+            {"content": [{"type": "text", "text": "a photo of a cat"}]},
+            {"content": [{"type": "image_url", "image_url": {"url": f"data:image/png;base64,{_PNG}"}}]},
+        ],
+        "embedding_types": ["float", "ubinary"],
+    },
+    response=_V2_RESPONSE,
+    response_example={
+        "id": "5d5b0e8e-7a59-4c4c-9d8e-2f1f0f6f5d3a",
+        "response_type": "embeddings_by_type",
+        "embeddings": {"float": [[0.0215, -0.0087], [0.0112, 0.0304]], "ubinary": [[170], [85]]},
+        "images": [{"width": 4, "height": 4, "format": "png", "bit_depth": 8}],
+        "meta": _META_EXAMPLE,
+    },
+    raises=_RAISES,
+)
+V1_DOC = Doc(
+    summary="Embed texts or images (Cohere Embed v1)",
+    request=_V1_REQUEST,
+    example={"model": "embed-english-v3.0", "input_type": "search_document", "texts": ["a photo of a cat", "a dog"]},
+    response=_V1_RESPONSE,
+    response_example={
+        "id": "5d5b0e8e-7a59-4c4c-9d8e-2f1f0f6f5d3a",
+        "response_type": "embeddings_floats",
+        "embeddings": [[0.0215, -0.0087], [0.0112, 0.0304]],
+        "texts": ["a photo of a cat", "a dog"],
+        "meta": {"api_version": {"version": "1"}, "billed_units": {"input_tokens": 11}},
+    },
+    raises=_RAISES,
+)
+ERROR = {
+    "type": "object",
+    "required": ["id", "message"],
+    "properties": {"id": {"type": "string"}, "message": {"type": "string"}},
+}
+AUTH = {"bearer": {"type": "http", "scheme": "bearer", "description": "`Authorization: Bearer <key>`"}}
+
 ADAPTER = Adapter(
     name="cohere",
     operations=(
-        Operation("/v2/embed", parse=parse_v2, render=render_embed),
-        Operation("/v1/embed", parse=parse_v1, render=render_embed),
+        Operation("/v2/embed", parse=parse_v2, render=render_embed, doc=V2_DOC),
+        Operation("/v1/embed", parse=parse_v1, render=render_embed, doc=V1_DOC),
     ),
     render_error=render_error,
     credential=credential,
     response_headers=response_headers,
     settings=CohereSettings,
+    description="Cohere Embed, as the cohere package's ClientV2 and Client (and langchain-cohere) call it; "
+    "unit-length vectors, as Cohere's are.",
+    error_schema=ERROR,
+    auth=AUTH,
 )

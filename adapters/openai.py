@@ -22,7 +22,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from clipgate.adapter import Adapter, Body, Operation, ProtocolSettings, Reply, ServerState, bearer_token
+from clipgate.adapter import Adapter, Body, Doc, Operation, ProtocolSettings, Reply, ServerState, bearer_token
 from clipgate.canonical import (
     JSON,
     EmbedRequest,
@@ -425,18 +425,177 @@ def retrieve_model(state: ServerState, meta: RequestMeta) -> Reply:
     return Reply(200, _model_entry(card.name))
 
 
-EMBEDDINGS = ("/v1/embeddings", "/embeddings", "/openai/v1/embeddings", "/openai/deployments/{deployment}/embeddings")
+# --- documentation (GET /openapi.json) ------------------------------------------------------------
+
+_PNG = "iVBORw0KGgoAAAANSUhEUgAAAAQAAAAECAIAAAAmkwkpAAAAFElEQVR42mM8ISfHAANMDEgANwcANHYBDH++Xo4AAAAASUVORK5CYII="
+_NULLABLE_STRING = {"type": ["string", "null"]}
+_EMBEDDINGS_REQUEST = {
+    "type": "object",
+    "properties": {
+        "input": {
+            "description": "A string, or a list of: strings (a `data:image/` string is an image), cl100k token-id "
+            "arrays (langchain's default; decoded to text), content parts ({type: text, text} or {type: image_url, "
+            "image_url: {url}}), Jina-style {text}, {image}, {bytes} or {url} objects, or chat conversations. One "
+            "embedding per element, each a text or an image, never both.",
+            "anyOf": [{"type": "string"}, {"type": "array", "minItems": 1}, {"type": "object"}],
+        },
+        "messages": {
+            "type": "array",
+            "description": "vLLM's chat form instead of input: one conversation, or a list of them; one embedding "
+            "per conversation, of its one non-empty part.",
+        },
+        "model": {
+            "type": ["string", "null"],
+            "maxLength": MAX_MODEL_NAME,
+            "description": "Any name, unless "
+            "[openai] strict_model: then the served model or its alias (404 model_not_found).",
+        },
+        "encoding_format": {"enum": ["float", "base64", None], "description": "base64: little-endian float32."},
+        "dimensions": {"type": ["integer", "null"], "description": "Only the model's width (CLIP is not Matryoshka)."},
+        "modality": {"enum": ["text", "image", None], "description": "infinity's: image makes every string an image."},
+        "normalize": {"type": ["boolean", "null"], "description": "Unit-length vectors; default [openai] normalize."},
+        "use_activation": {"type": ["boolean", "null"], "description": "vLLM's name for normalize."},
+        "truncate_prompt_tokens": {
+            "type": ["integer", "null"],
+            "minimum": -1,
+            "description": "vLLM's: cut text to this many tokens (start and end tokens included); -1: the model's "
+            "limit. Without it, text over the limit is a 400 context_length_exceeded.",
+        },
+        "truncation_side": {"enum": ["left", "right", None], "description": "left keeps the end of the text."},
+        "user": {"type": "string", "description": "Accepted and ignored."},
+    },
+}
+_EMBEDDINGS_RESPONSE = {
+    "type": "object",
+    "required": ["object", "data", "model", "usage"],
+    "properties": {
+        "object": {"const": "list"},
+        "data": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["object", "index", "embedding"],
+                "properties": {
+                    "object": {"const": "embedding"},
+                    "index": {"type": "integer"},
+                    "embedding": {
+                        "anyOf": [
+                            {"type": "array", "items": {"type": "number"}},
+                            {"type": "string", "description": "base64 of little-endian float32"},
+                        ],
+                        "description": "Unit length unless normalize is false (512 values for ViT-B/32).",
+                    },
+                },
+            },
+        },
+        "model": {"type": "string", "description": "The served model."},
+        "usage": {
+            "type": "object",
+            "required": ["prompt_tokens", "total_tokens"],
+            "properties": {"prompt_tokens": {"type": "integer"}, "total_tokens": {"type": "integer"}},
+            "description": "CLIP tokens of the texts, start and end tokens included; images count 0.",
+        },
+    },
+}
+_RAISES = (UnknownModel("Model 'text-embedding-3-small' is not served here."), TextTooLong(0, 90, 77))
+EMBEDDINGS_DOC = Doc(
+    summary="Embed texts and images (OpenAI-compatible)",
+    request=_EMBEDDINGS_REQUEST,
+    example={
+        "model": "clip",
+        "input": ["a photo of a cat", f"data:image/png;base64,{_PNG}"],
+        "encoding_format": "float",
+    },
+    response=_EMBEDDINGS_RESPONSE,
+    response_example={
+        "object": "list",
+        "data": [
+            {"object": "embedding", "index": 0, "embedding": [0.0215, -0.0087]},
+            {"object": "embedding", "index": 1, "embedding": [0.0112, 0.0304]},
+        ],
+        "model": "openai/clip-vit-base-patch32",
+        "usage": {"prompt_tokens": 7, "total_tokens": 7},
+    },
+    raises=_RAISES,
+)
+AZURE_DOC = Doc(
+    summary="Embed texts and images (Azure OpenAI deployment path)",
+    description="As POST /v1/embeddings; the deployment plays the model's part, the api-version query is ignored.",
+    request=_EMBEDDINGS_REQUEST,
+    example={"input": ["a photo of a cat"]},
+    response=_EMBEDDINGS_RESPONSE,
+    params={"deployment": {"type": "string", "examples": ["clip"]}},
+    raises=_RAISES,
+)
+_MODEL = {
+    "type": "object",
+    "required": ["id", "object", "created", "owned_by"],
+    "properties": {
+        "id": {"type": "string"},
+        "object": {"const": "model"},
+        "created": {"type": "integer"},
+        "owned_by": {"type": "string"},
+    },
+}
+_MODEL_EXAMPLE = {"id": "openai/clip-vit-base-patch32", "object": "model", "created": 0, "owned_by": "clipgate"}
+MODELS_DOC = Doc(
+    summary="The served model, as a model list",
+    response={
+        "type": "object",
+        "required": ["object", "data"],
+        "properties": {"object": {"const": "list"}, "data": {"type": "array", "items": _MODEL}},
+    },
+    response_example={"object": "list", "data": [_MODEL_EXAMPLE]},
+)
+MODEL_DOC = Doc(
+    summary="The served model, by its name or alias",
+    response=_MODEL,
+    response_example=_MODEL_EXAMPLE,
+    params={"model": {"type": "string", "examples": ["ViT-B-32"]}},
+    raises=(UnknownModel("The model 'text-embedding-3-small' does not exist."),),
+)
+ERROR = {
+    "type": "object",
+    "required": ["error"],
+    "properties": {
+        "error": {
+            "type": "object",
+            "required": ["message", "type", "param", "code"],
+            "properties": {
+                "message": {"type": "string"},
+                "type": {"type": "string", "description": "invalid_request_error, or server_error for 5xx"},
+                "param": _NULLABLE_STRING,
+                "code": {
+                    **_NULLABLE_STRING,
+                    "description": "context_length_exceeded, invalid_api_key, model_not_found",
+                },
+            },
+        }
+    },
+}
+AUTH = {
+    "bearer": {"type": "http", "scheme": "bearer", "description": "`Authorization: Bearer <key>`"},
+    "api_key": {"type": "apiKey", "in": "header", "name": "api-key", "description": "Azure OpenAI's `api-key: <key>`"},
+}
+
+EMBEDDINGS = ("/v1/embeddings", "/embeddings", "/openai/v1/embeddings")
 
 ADAPTER = Adapter(
     name="openai",
     operations=(
-        *(Operation(path, parse=parse_embeddings, render=render_embeddings) for path in EMBEDDINGS),
+        *(Operation(path, parse=parse_embeddings, render=render_embeddings, doc=EMBEDDINGS_DOC) for path in EMBEDDINGS),
+        Operation(
+            "/openai/deployments/{deployment}/embeddings",
+            parse=parse_embeddings,
+            render=render_embeddings,
+            doc=AZURE_DOC,
+        ),
         *(
-            Operation(path, methods=("GET",), body="none", respond=list_models, public=True)
+            Operation(path, methods=("GET",), body="none", respond=list_models, public=True, doc=MODELS_DOC)
             for path in ("/v1/models", "/models", "/openai/v1/models")
         ),
         *(
-            Operation(path, methods=("GET",), body="none", respond=retrieve_model, public=True)
+            Operation(path, methods=("GET",), body="none", respond=retrieve_model, public=True, doc=MODEL_DOC)
             for path in ("/v1/models/{model:path}", "/models/{model:path}")
         ),
     ),
@@ -444,4 +603,8 @@ ADAPTER = Adapter(
     credential=credential,
     response_headers=response_headers,
     settings=OpenAISettings,
+    description="OpenAI-compatible embeddings, as the openai package (OpenAI, AzureOpenAI), langchain-openai, "
+    "LiteLLM, infinity and vLLM clients send them; unit-length vectors unless normalize is false.",
+    error_schema=ERROR,
+    auth=AUTH,
 )

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from clipgate.adapter import Adapter, Body, Operation, Reply, ServerState, bearer_token
+from clipgate.adapter import Adapter, Body, Doc, Operation, Reply, ServerState, bearer_token
 from clipgate.canonical import (
     JSON,
     EmbedRequest,
@@ -211,18 +211,235 @@ def model_registry(state: ServerState, meta: RequestMeta) -> Reply:
     return Reply(200, {"models": models})
 
 
+# --- How these routes are described in GET /openapi.json ------------------------------------------
+
+_PNG = "iVBORw0KGgoAAAANSUhEUgAAAAQAAAAECAIAAAAmkwkpAAAAFElEQVR42mM8ISfHAANMDEgANwcANHYBDH++Xo4AAAAASUVORK5CYII="
+_VECTOR = {
+    "type": "array",
+    "items": {"type": "number"},
+    "description": "One embedding: the model's raw projection, unnormalized (512 floats for ViT-B/32).",
+}
+_IMAGE = {
+    "type": "object",
+    "required": ["type", "value"],
+    "properties": {
+        "type": {
+            "type": "string",
+            "enum": ["base64", "url"],
+            "description": "base64 (a data: prefix and line breaks are fine), or url when the server allows image "
+            "URLs (images.allow_url). Roboflow's numpy, numpy_object, pil, multipart and file are refused.",
+        },
+        "value": {"type": "string"},
+    },
+}
+_COMMON = {
+    "clip_version_id": {
+        "type": ["string", "null"],
+        "description": "The model the caller expects, e.g. ViT-B-32; omitted or null: the served one; another: 404.",
+    },
+    "api_key": {"type": ["string", "null"], "description": "The key, when the client sends it in the body."},
+}
+_BASE = {
+    "inference_id": {"type": ["string", "null"]},
+    "frame_id": {"type": ["integer", "null"]},
+    "time": {"type": "number", "description": "Seconds the request took."},
+}
+_EMBEDDINGS = {
+    "type": "object",
+    "required": ["inference_id", "frame_id", "time", "embeddings"],
+    "properties": {**_BASE, "embeddings": {"type": "array", "items": _VECTOR, "description": "One row per input."}},
+}
+_MODEL = (UnknownModel(),)
+_STATUS = {"type": "object", "required": ["status"], "properties": {"status": {"type": "string"}}}
+
+EMBED_IMAGE = Doc(
+    summary="Embed one image or a list of images",
+    request={
+        "type": "object",
+        "required": ["image"],
+        "properties": {"image": {"anyOf": [_IMAGE, {"type": "array", "items": _IMAGE, "minItems": 1}]}, **_COMMON},
+    },
+    example={"image": {"type": "base64", "value": _PNG}, "clip_version_id": None},
+    response=_EMBEDDINGS,
+    response_example={"inference_id": None, "frame_id": None, "time": 0.012, "embeddings": [[0.0215, -0.0087]]},
+    raises=_MODEL,
+)
+EMBED_TEXT = Doc(
+    summary="Embed one text or a list of texts",
+    request={
+        "type": "object",
+        "required": ["text"],
+        "properties": {
+            "text": {"anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}, "minItems": 1}]},
+            **_COMMON,
+        },
+    },
+    example={"text": ["a photo of a cat", "a dog"]},
+    response=_EMBEDDINGS,
+    response_example={
+        "inference_id": None,
+        "frame_id": None,
+        "time": 0.004,
+        "embeddings": [[0.41, -0.13], [0.2, 0.07]],
+    },
+    raises=_MODEL,
+)
+_SIDE = {
+    "anyOf": [{"type": "string"}, _IMAGE],
+    "description": "A text, an image object, or a string read as an image "
+    "(a URL when it starts with http, else base64) when its type is image.",
+}
+COMPARE = Doc(
+    summary="Cosine similarity of a subject to each prompt",
+    description="A list of prompts (or one) gives a list of similarities in their order; a mapping of names to "
+    "prompts gives a mapping. An object with both `type` and `value` is one image, not a mapping.",
+    request={
+        "type": "object",
+        "required": ["subject", "prompt"],
+        "properties": {
+            "subject": _SIDE,
+            "subject_type": {"enum": ["image", "text"], "default": "image"},
+            "prompt": {
+                "anyOf": [
+                    _SIDE,
+                    {"type": "array", "items": _SIDE, "minItems": 1},
+                    {"type": "object", "additionalProperties": _SIDE, "minProperties": 1},
+                ]
+            },
+            "prompt_type": {"enum": ["image", "text"], "default": "text"},
+            **_COMMON,
+        },
+    },
+    example={"subject": {"type": "base64", "value": _PNG}, "prompt": {"cat": "a photo of a cat", "dog": "a dog"}},
+    response={
+        "type": "object",
+        "required": ["inference_id", "frame_id", "time", "similarity", "parent_id"],
+        "properties": {
+            **_BASE,
+            "similarity": {
+                "anyOf": [
+                    {"type": "array", "items": {"type": "number"}},
+                    {"type": "object", "additionalProperties": {"type": "number"}},
+                ]
+            },
+            "parent_id": {"type": ["string", "null"]},
+        },
+    },
+    response_example={
+        "inference_id": None,
+        "frame_id": None,
+        "time": 0.02,
+        "similarity": {"cat": 0.27, "dog": 0.18},
+        "parent_id": None,
+    },
+    raises=_MODEL,
+)
+INFO = Doc(
+    summary="The server's name, version and instance id",
+    response={
+        "type": "object",
+        "required": ["name", "version", "uuid"],
+        "properties": {"name": {"type": "string"}, "version": {"type": "string"}, "uuid": {"type": "string"}},
+    },
+    response_example={"name": "clipgate", "version": "0.1.0", "uuid": "9f1c2b7a0d4e4f55a1b2c3d4e5f60718"},
+)
+HEALTHZ = Doc(summary="Liveness: always healthy", response=_STATUS, response_example={"status": "healthy"})
+READINESS = Doc(
+    summary="Readiness: 200 once the model is loaded and warm, else 503",
+    response=_STATUS,
+    response_example={"status": "ready"},
+    responses={503: ("Not ready: the model is loading, or the server is draining (Retry-After: 1)", _STATUS)},
+)
+MODEL_REGISTRY = Doc(
+    summary="The model this server serves, as inference_sdk's list_loaded_models reads it",
+    response={
+        "type": "object",
+        "required": ["models"],
+        "properties": {
+            "models": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["model_id", "task_type"],
+                    "properties": {
+                        "model_id": {"type": "string"},
+                        "task_type": {"type": "string"},
+                        "batch_size": {"type": ["integer", "null"]},
+                        "input_height": {"type": ["integer", "null"]},
+                        "input_width": {"type": ["integer", "null"]},
+                    },
+                },
+            }
+        },
+    },
+    response_example={
+        "models": [
+            {
+                "model_id": "clip/ViT-B-32",
+                "task_type": "embedding",
+                "batch_size": None,
+                "input_height": 224,
+                "input_width": 224,
+            }
+        ]
+    },
+)
+ERROR = {
+    "anyOf": [
+        {
+            "type": "object",
+            "required": ["message"],
+            "properties": {"message": {"type": "string"}, "status": {"type": "integer"}},
+        },
+        {
+            "type": "object",
+            "required": ["detail"],
+            "description": "A body that does not have the operation's shape (FastAPI's validation error).",
+            "properties": {
+                "detail": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "required": ["type", "loc", "msg"],
+                        "properties": {
+                            "type": {"type": "string"},
+                            "loc": {"type": "array", "items": {"type": ["string", "integer"]}},
+                            "msg": {"type": "string"},
+                        },
+                    },
+                }
+            },
+        },
+    ]
+}
+AUTH = {
+    "api_key_query": {"type": "apiKey", "in": "query", "name": "api_key", "description": "`?api_key=<key>`"},
+    "bearer": {"type": "http", "scheme": "bearer", "description": "`Authorization: Bearer <key>`"},
+}
+
+
 ADAPTER = Adapter(
     name="roboflow",
     operations=(
-        Operation("/clip/embed_image", parse=parse_embed_image, render=render_embeddings, carries=("image",)),
-        Operation("/clip/embed_text", parse=parse_embed_text, render=render_embeddings, carries=("text",)),
-        Operation("/clip/compare", parse=parse_compare, render=render_compare),
-        Operation("/info", methods=("GET",), body="none", respond=info, public=True),
-        Operation("/healthz", methods=("GET",), body="none", respond=healthz, public=True),
-        Operation("/readiness", methods=("GET",), body="none", respond=readiness, public=True),
-        Operation("/model/registry", methods=("GET",), body="none", respond=model_registry, public=True),
+        Operation(
+            "/clip/embed_image", parse=parse_embed_image, render=render_embeddings, carries=("image",), doc=EMBED_IMAGE
+        ),
+        Operation(
+            "/clip/embed_text", parse=parse_embed_text, render=render_embeddings, carries=("text",), doc=EMBED_TEXT
+        ),
+        Operation("/clip/compare", parse=parse_compare, render=render_compare, doc=COMPARE),
+        Operation("/info", methods=("GET",), body="none", respond=info, public=True, doc=INFO),
+        Operation("/healthz", methods=("GET",), body="none", respond=healthz, public=True, doc=HEALTHZ),
+        Operation("/readiness", methods=("GET",), body="none", respond=readiness, public=True, doc=READINESS),
+        Operation(
+            "/model/registry", methods=("GET",), body="none", respond=model_registry, public=True, doc=MODEL_REGISTRY
+        ),
     ),
     render_error=render_error,
     credential=credential,
     body_credential=True,
+    description="Roboflow Inference Server CLIP routes, as roboflow/inference 1.5 serves them and its "
+    "inference_sdk calls them. The key also goes in the body's `api_key`.",
+    error_schema=ERROR,
+    auth=AUTH,
 )

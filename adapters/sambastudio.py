@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from clipgate.adapter import Adapter, Body, Operation, Reply
+from clipgate.adapter import Adapter, Body, Doc, Operation, Reply
 from clipgate.canonical import JSON, EmbedRequest, EmbedResult, FormPart, ImageInput, RequestMeta, TextInput
 from clipgate.errors import ClipgateError, InvalidRequest, SchemaError
 
@@ -93,6 +93,110 @@ def credential(body: Body, meta: RequestMeta) -> str | None:
     return meta.headers.get("key")
 
 
+# --- How these routes are described in GET /openapi.json ------------------------------------------
+
+_VECTOR = {
+    "type": "array",
+    "items": {"type": "number"},
+    "description": "One embedding: the model's raw projection, unnormalized (512 floats for ViT-B/32).",
+}
+_ID = {"type": "string", "pattern": "^[A-Za-z0-9_-]+$", "examples": ["my-project"]}
+_PATH = {"project": _ID, "endpoint": {**_ID, "examples": ["my-endpoint"]}}
+_PARAMS = {
+    "type": ["object", "null"],
+    "description": "Accepted and ignored: typed {name: {type, value}} or plain {name: value}.",
+}
+_TEXTS = {"anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}, "minItems": 1}]}
+_DATA = {
+    "type": "object",
+    "required": ["data", "status_code"],
+    "properties": {"data": {"type": "array", "items": _VECTOR}, "status_code": {"const": 200}},
+}
+
+FILE = Doc(
+    summary="Embed an image file (the CLIP app's file API)",
+    description="A multipart form whose `predict_file` part holds the image, as SambaNova's ai-starter-kit sends it.",
+    request={
+        "type": "object",
+        "required": [FILE_FIELD],
+        "properties": {
+            FILE_FIELD: {
+                "type": "string",
+                "format": "binary",
+                "contentMediaType": "application/octet-stream",
+                "description": "The image file: JPEG, PNG, WebP, GIF or BMP.",
+            }
+        },
+    },
+    params=_PATH,
+    response=_DATA,
+    response_example={"data": [[0.0215, -0.0087]], "status_code": 200},
+)
+NLP = Doc(
+    summary="Embed texts (the nlp predict API)",
+    request={"type": "object", "required": ["inputs"], "properties": {"inputs": _TEXTS, "params": _PARAMS}},
+    example={"inputs": ["a photo of a cat"]},
+    params=_PATH,
+    response=_DATA,
+    response_example={"data": [[0.41, -0.13]], "status_code": 200},
+)
+GENERIC_V1 = Doc(
+    summary="Embed texts (the generic v1 predict API, langchain's default)",
+    request={"type": "object", "required": ["instances"], "properties": {"instances": _TEXTS, "params": _PARAMS}},
+    example={"instances": ["a photo of a cat", "a dog"], "params": {}},
+    params=_PATH,
+    response={
+        "type": "object",
+        "required": ["predictions"],
+        "properties": {"predictions": {"type": "array", "items": _VECTOR}},
+    },
+    response_example={"predictions": [[0.41, -0.13], [0.2, 0.07]]},
+)
+GENERIC_V2 = Doc(
+    summary="Embed texts (the generic v2 predict API)",
+    description="Item ids are optional (default: the item's index), unique, and without `#`.",
+    request={
+        "type": "object",
+        "required": ["items"],
+        "properties": {
+            "items": {
+                "type": "array",
+                "minItems": 1,
+                "items": {
+                    "type": "object",
+                    "required": ["value"],
+                    "properties": {"id": {"type": "string", "pattern": "^[^#]*$"}, "value": {"type": "string"}},
+                },
+            },
+            "params": _PARAMS,
+        },
+    },
+    example={"items": [{"id": "item0", "value": "a photo of a cat"}], "params": {}},
+    params=_PATH,
+    response={
+        "type": "object",
+        "required": ["items"],
+        "properties": {
+            "items": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["id", "value"],
+                    "properties": {"id": {"type": "string"}, "value": _VECTOR},
+                },
+            }
+        },
+    },
+    response_example={"items": [{"id": "item0", "value": [0.41, -0.13]}]},
+)
+ERROR = {
+    "type": "object",
+    "required": ["error", "status_code"],
+    "properties": {"error": {"type": "string"}, "status_code": {"type": "integer"}},
+}
+AUTH = {"key": {"type": "apiKey", "in": "header", "name": "key", "description": "`key: <endpoint API key>`"}}
+
+
 ADAPTER = Adapter(
     name="sambastudio",
     operations=(
@@ -102,21 +206,30 @@ ADAPTER = Adapter(
             parse=parse_file,
             render=render_data,
             carries=("image",),
+            doc=FILE,
         ),
-        Operation("/api/predict/nlp/{project}/{endpoint}", parse=parse_nlp, render=render_data, carries=("text",)),
+        Operation(
+            "/api/predict/nlp/{project}/{endpoint}", parse=parse_nlp, render=render_data, carries=("text",), doc=NLP
+        ),
         Operation(
             "/api/predict/generic/{project}/{endpoint}",
             parse=parse_generic_v1,
             render=render_predictions,
             carries=("text",),
+            doc=GENERIC_V1,
         ),
         Operation(
             "/api/v2/predict/generic/{project}/{endpoint}",
             parse=parse_generic_v2,
             render=render_items,
             carries=("text",),
+            doc=GENERIC_V2,
         ),
     ),
     render_error=render_error,
     credential=credential,
+    description="SambaStudio predict APIs for CLIP: the CLIP app's file and nlp APIs, and the generic v1 and v2 "
+    "APIs langchain's SambaStudioEmbeddings calls.",
+    error_schema=ERROR,
+    auth=AUTH,
 )

@@ -18,6 +18,9 @@ from clipgate.errors import ClipgateError
 
 BodyKind = Literal["json", "multipart", "none"]
 
+Schema = Mapping[str, JSON]
+"""A JSON Schema (draft 2020-12, the dialect of OpenAPI 3.1) or an OpenAPI object, as plain data."""
+
 
 @dataclass(frozen=True)
 class ProtocolSettings:
@@ -61,6 +64,25 @@ Body = JSON | Sequence[FormPart] | None
 
 
 @dataclass(frozen=True, slots=True)
+class Doc:
+    """How an operation is described in `GET /openapi.json`. All optional: an operation without
+    one is still listed, with generic object schemas. The errors it may answer come from the
+    adapter's `render_error` and `error_schema`; `raises` adds errors of the operation's own rules
+    that the core does not raise for every route of its kind (e.g. UnknownModel for a model name)."""
+
+    summary: str = ""
+    description: str = ""
+    request: Schema | None = None  # the JSON body, or the multipart form's fields
+    example: JSON = None  # a request body that works as it is
+    response: Schema | None = None  # the 200 answer
+    response_example: JSON = None
+    response_type: str = "application/json"
+    params: Mapping[str, Schema] = field(default_factory=dict)  # path parameters, by name
+    responses: Mapping[int, tuple[str, Schema]] = field(default_factory=dict)  # other answers of its own
+    raises: tuple[ClipgateError, ...] = ()  # samples, rendered for the document, never raised
+
+
+@dataclass(frozen=True, slots=True)
 class Operation:
     """One route. An embedding route has `parse` and `render`; any other route has `respond`."""
 
@@ -72,6 +94,7 @@ class Operation:
     respond: Callable[[ServerState, RequestMeta], Reply] | None = None
     public: bool = False  # reachable without a credential (probes, info)
     carries: tuple[Literal["image", "text"], ...] = ("image", "text")  # bounds the body a route may need
+    doc: Doc = Doc()
 
     def __post_init__(self) -> None:
         if (self.parse is None) != (self.render is None) or (self.parse is None) == (self.respond is None):
@@ -106,3 +129,6 @@ class Adapter:
     json_content_type_required: bool = False  # refuse a non-JSON Content-Type with 415
     body_credential: bool = False  # the key may come in the body, so it is read before auth
     settings: type[ProtocolSettings] = ProtocolSettings
+    description: str = ""  # one line on the vendor, heading its section of the API docs
+    error_schema: Schema | None = None  # the body `render_error` writes (any JSON when None)
+    auth: Mapping[str, Schema] = field(default_factory=dict)  # OpenAPI securitySchemes: where clients put the key

@@ -24,12 +24,13 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from adapters import REGISTRY
-from clipgate import __version__, probes, runtime
+from clipgate import __version__, admin, docs, openapi, probes, runtime
 from clipgate.adapter import Adapter
 from clipgate.budget import BodyBudget, auto_capacity
 from clipgate.config import Config, load_config
 from clipgate.engine import Model, ModelLoadError, load_model
 from clipgate.errors import ClipgateError, MethodNotAllowed, RouteNotFound
+from clipgate.faults import FaultPlan
 from clipgate.http import PathNormalizer, make_endpoint
 from clipgate.metrics import CONTENT_TYPE, Metrics
 from clipgate.service import EmbeddingService
@@ -53,13 +54,18 @@ def _prefix(config: Config, name: str) -> str:
 
 
 def build_routes(config: Config, state: AppState) -> list[BaseRoute]:
-    """The core's probes (and /metrics), then every enabled protocol's routes under its prefix.
-    Two routes on one path are a startup error naming both owners."""
+    """The core's probes, /metrics and API docs, then every enabled protocol's routes under its
+    prefix. Two routes on one path are a startup error naming both owners."""
     routes: list[BaseRoute] = list(probes.routes(state))
     seen = dict.fromkeys(probes.PATHS, "clipgate's probes")
     if config.server.metrics and config.server.metrics_port == 0:
         routes.append(Route(METRICS_PATH, _metrics_endpoint(state.metrics), methods=["GET"]))
         seen[METRICS_PATH] = "clipgate's metrics"
+    if config.faults.enabled:
+        routes += admin.routes(state.faults, config.faults.admin_key)
+        seen[admin.PATH] = "clipgate's fault admin"
+    routes += docs.routes(openapi.document(config, REGISTRY, __version__))
+    seen.update(dict.fromkeys(docs.PATHS, "clipgate's API docs"))
     for name, adapter in REGISTRY.items():
         settings = config.protocol(name)
         if not settings.enabled:
@@ -139,7 +145,7 @@ def create_app(
     server = config.server
     budget = BodyBudget(server.max_inflight_body_bytes or auto_capacity(), server.body_budget_wait_s)
     metrics = Metrics(request_timeout_s=server.request_timeout_s, enabled=server.metrics)
-    state = AppState(__version__, budget, metrics)
+    state = AppState(__version__, budget, metrics, FaultPlan(enabled=config.faults.enabled))
     metrics.watch(inflight=lambda: state.inflight, ready=lambda: state.ready, queue_depth=state.queue_depth)
 
     async def load() -> None:

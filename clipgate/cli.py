@@ -73,6 +73,8 @@ def config_toml(config: Config) -> str:
             value = getattr(table, field.name)
             if field.name == "keys":
                 value = tuple("***" for _ in value)
+            elif field.name == "admin_key" and value:
+                value = "***"
             lines.append(f"{field.name} = {_toml_value(value)}")
         lines.append("")
     return "\n".join(lines)

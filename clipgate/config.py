@@ -147,6 +147,15 @@ class ImagesConfig:
 
 
 @dataclass(frozen=True)
+class FaultsConfig:
+    """Fault injection, for clipgate as an integration-test target (clipgate.faults). Never on
+    by default, nor in the images."""
+
+    enabled: bool = False
+    admin_key: str = ""  # the bearer key of /admin/faults; empty: the admin route refuses everyone
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole configuration. `protocols` holds one table per registered protocol (adapter),
     named as the adapter is: `[roboflow] enabled, prefix, keys`, plus any options of its own."""
@@ -155,6 +164,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     batching: BatchingConfig = field(default_factory=BatchingConfig)
     images: ImagesConfig = field(default_factory=ImagesConfig)
+    faults: FaultsConfig = field(default_factory=FaultsConfig)
     protocols: Mapping[str, ProtocolSettings] = field(default_factory=dict)
 
     def protocol(self, name: str) -> ProtocolSettings:
@@ -171,7 +181,7 @@ class Config:
         return dataclasses.replace(self, **{section: dataclasses.replace(getattr(self, section), **changes)})
 
 
-SECTIONS = ("server", "model", "batching", "images")
+SECTIONS = ("server", "model", "batching", "images", "faults")
 # Read by clipgate outside the configuration tree: accepted in the environment as they are.
 PROCESS_VARIABLES = {
     "CLIPGATE_CONFIG": "the config file `uvicorn --factory clipgate.app:app_from_env` reads",

@@ -29,6 +29,7 @@ from clipgate.errors import (
     DeadlineExceeded,
     HeaderTooLarge,
     InternalError,
+    InvalidRequest,
     MethodNotAllowed,
     NotReady,
     Overloaded,
@@ -38,6 +39,9 @@ from clipgate.errors import (
     Unauthorized,
     UnsupportedMediaType,
 )
+from clipgate.faults import HEADER as FAULT_HEADER
+from clipgate.faults import Fault, FaultSyntaxError
+from clipgate.injection import HangResponse, MangledResponse, ResetResponse, injected_error
 from clipgate.metrics import rejection_reason
 from clipgate.multipart import parse_form
 from clipgate.service import EmbeddingService
@@ -77,6 +81,32 @@ class Exchange:
     texts: int = 0
     bytes_in: int = 0
     rejection: str | None = None  # clipgate_rejections_total's reason, when it was refused
+    fault: str | None = None  # the kind of fault injected into it, if any
+
+
+async def _inject(state: AppState, route: Route, meta: RequestMeta, exchange: Exchange) -> Fault | Response | None:
+    """The fault for this request (clipgate.faults), after its delay: an answer that replaces the
+    request's (a hang, a reset), an error status raised in the vendor's shape, or a fault that
+    mangles the real answer (truncate, dribble). None when faults are off or none applies."""
+    try:
+        picked = state.faults.pick(route.adapter.name, route.path, meta.headers.get(FAULT_HEADER))
+    except FaultSyntaxError as exc:
+        raise InvalidRequest(f"X-Clipgate-Fault: {exc}") from exc
+    if picked is None:
+        return None
+    fault, delay_s = picked
+    exchange.fault = fault.kind
+    state.metrics.fault_injected(fault.kind)
+    log.info("injecting a fault into %s %s: %s", meta.method, meta.path, fault.to_json())
+    if delay_s:
+        await asyncio.sleep(delay_s)
+    if fault.hang:
+        return HangResponse()
+    if fault.reset:
+        return ResetResponse()
+    if fault.status is not None:
+        raise injected_error(fault.status, fault.retry_after)
+    return fault
 
 
 def make_endpoint(
@@ -111,11 +141,18 @@ def make_endpoint(
                 raise MethodNotAllowed(headers={"Allow": ", ".join(op.methods)})
             if len(meta.headers.get("x-request-id", "")) > REQUEST_ID_MAX:
                 raise HeaderTooLarge(f"x-request-id is longer than {REQUEST_ID_MAX} characters.")
+            fault = await _inject(state, route, meta, exchange)
+            if isinstance(fault, Response):
+                return fault
             if op.respond is not None:
-                return _response(op.respond(state, meta), extra)
-            return await _serve(route, state, request, meta, extra, exchange)
+                response = _response(op.respond(state, meta), extra)
+            else:
+                response = await _serve(route, state, request, meta, extra, exchange)
+            if fault is not None and (fault.truncate is not None or fault.dribble is not None):
+                return MangledResponse(response, truncate=fault.truncate, dribble=fault.dribble)
+            return response
         except ClipgateError as err:
-            exchange.rejection = rejection_reason(err)
+            exchange.rejection = None if exchange.fault else rejection_reason(err)
             response = _error(route, meta, extra, err)
             _drop_tracebacks(err)
             return response
@@ -143,6 +180,7 @@ def _access_fields(
         "bytes_in": exchange.bytes_in,
         "client": f"{client.host}:{client.port}" if client is not None else None,
         "trace_id": logs.trace_id(meta.headers.get("traceparent")),
+        "fault": exchange.fault,
     }
 
 

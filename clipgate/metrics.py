@@ -102,6 +102,7 @@ class Metrics:
             "clipgate_model_info", "The served model (always 1).", ["model", "alias", "device", "dtype", "backend"],
             registry=r,
         )  # fmt: skip
+        self.faults = Counter("clipgate_faults_injected", "Faults injected (testing), by kind.", ["kind"], registry=r)
         self.ready = Gauge(
             "clipgate_ready", "1 when the server is ready (loaded, warm, not draining), else 0.", registry=r
         )
@@ -143,6 +144,10 @@ class Metrics:
             queue_wait = self.queue_wait.labels(kind)
             for wait in waits:
                 queue_wait.observe(wait)
+
+    def fault_injected(self, kind: str) -> None:
+        if self.enabled:
+            self.faults.labels(kind).inc()
 
     def decoded(self, seconds: float) -> None:
         if self.enabled:

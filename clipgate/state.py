@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 from clipgate.budget import BodyBudget
 from clipgate.canonical import ModelCard
+from clipgate.faults import FaultPlan
 from clipgate.metrics import Metrics
 
 if TYPE_CHECKING:
@@ -17,10 +18,11 @@ class AppState:
     """One per app. `service` is set once the model is loaded and warm, and cleared when the app
     stops: while it is None, embedding requests get 503 and readiness probes say not ready."""
 
-    def __init__(self, version: str, body_budget: BodyBudget, metrics: Metrics) -> None:
+    def __init__(self, version: str, body_budget: BodyBudget, metrics: Metrics, faults: FaultPlan) -> None:
         self.service: EmbeddingService | None = None
         self.body_budget = body_budget  # request body bytes in flight, over every request
         self.metrics = metrics
+        self.faults = faults  # injected faults (testing); off unless [faults] enabled
         self.draining = False  # SIGTERM: probes say not ready while requests in flight finish
         self.inflight = 0  # embedding requests being read, decoded or waiting
         self.version = version

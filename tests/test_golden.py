@@ -1,4 +1,5 @@
-"""Golden cases: request/response pairs written from the vendors' references (tests/fixtures/)."""
+"""Golden cases: request/response pairs written from the vendors' references (tests/fixtures/), also
+read through the vendor profiles (tests/vendors.py) that the hostile and cross-protocol suites use."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ from typing import Any
 import pytest
 from starlette.testclient import TestClient
 
-from tests import imagegen
+from tests import imagegen, vendors
+from tests.vendors import VendorProfile
 
 FIXTURES = Path(__file__).parent / "fixtures"
 CASES = sorted(FIXTURES.glob("*/*.json"))
@@ -122,10 +124,13 @@ def match(expected: Any, actual: Any, where: str = "$") -> None:
         assert actual == expected and type(actual) is type(expected), f"{where}: {actual!r} != {expected!r}"
 
 
-def send(client: TestClient, request: dict[str, Any]) -> Any:
+def send(client: TestClient, request: dict[str, Any]) -> tuple[Any, Any]:
+    """The response, and the JSON body that went out (None for another body)."""
     kwargs: dict[str, Any] = {"headers": request.get("headers", {}), "params": request.get("query")}
+    sent = None
     if "json" in request:
-        kwargs["content"] = json.dumps(substitute(request["json"])).encode()
+        sent = substitute(request["json"])
+        kwargs["content"] = json.dumps(sent).encode()
         kwargs["headers"] = {"content-type": "application/json", **kwargs["headers"]}
     elif "multipart" in request:
         files = {}
@@ -141,13 +146,42 @@ def send(client: TestClient, request: dict[str, Any]) -> Any:
     elif "body" in request:
         kwargs["content"] = request["body"].encode()
     # A full URL keeps a doubled slash in the path as it is.
-    return client.request(request["method"], "http://testserver" + request["path"], **kwargs)
+    return client.request(request["method"], "http://testserver" + request["path"], **kwargs), sent
+
+
+def expected_results(expected: Any) -> int:
+    """How many vectors a fixture's response holds ($vector is one, $vectors:N is N)."""
+    if isinstance(expected, str):
+        name, _, count = expected.partition(":")
+        if name in ("$vector", "$unit_vector", "$base64_vector"):
+            return 1
+        return int(count) if name in ("$vectors", "$unit_vectors", "$base64_vectors") else 0
+    if isinstance(expected, dict):
+        return sum(map(expected_results, expected.values()))
+    if isinstance(expected, list):
+        return sum(map(expected_results, expected))
+    return 0
+
+
+def check_through_profile(
+    profile: VendorProfile, request: dict[str, Any], response: Any, sent: Any, expected: Any
+) -> None:
+    """The vendor profile the other suites rely on reads this vendor-derived case as the fixture does:
+    an error in the vendor's shape, or the fixture's number of vectors (similarities, for a compare)."""
+    endpoint = profile.endpoint_at(request["path"]) if request["method"] == "POST" else None
+    if response.status_code >= 400:
+        profile.assert_error(response)
+    elif endpoint is not None:
+        body = expected["json"]
+        count = len(body["similarity"]) if endpoint.compare else expected_results(body)
+        endpoint.assert_served(response, count=count, sent=sent)
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda p: f"{p.parent.name}/{p.stem}")
 def test_golden(case: Path, client: TestClient) -> None:
+    profile = vendors.vendor(case.parent.name)  # a folder that names no vendor fails here
     spec = json.loads(case.read_text())
-    response = send(client, spec["request"])
+    response, sent = send(client, spec["request"])
     expected = spec["response"]
     assert response.status_code == expected["status"], response.text[:500]
     for name, value in expected.get("headers", {}).items():
@@ -157,3 +191,15 @@ def test_golden(case: Path, client: TestClient) -> None:
         assert response.text == expected["text"]
     else:
         match(expected["json"], response.json())
+    check_through_profile(profile, spec["request"], response, sent, expected)
+
+
+def test_every_embedding_route_has_a_golden_case() -> None:
+    """So the profiles' readers and error checks are each held against the vendors' references."""
+    seen = set()
+    for case in CASES:
+        request = json.loads(case.read_text())["request"]
+        endpoint = vendors.vendor(case.parent.name).endpoint_at(request["path"])
+        if endpoint is not None and request["method"] == "POST":
+            seen.add(str(endpoint))
+    assert seen == {str(endpoint) for endpoint in vendors.endpoints()}

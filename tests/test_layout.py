@@ -111,16 +111,18 @@ NO_HTTP = [
     "cpu_turns.py",
     "engine.py",
     "errors.py",
+    "faults.py",
     "images.py",
     "logs.py",
     "metrics.py",
     "multipart.py",
+    "openapi.py",
     "random_checkpoint.py",
     "service.py",
     "state.py",
     "urls.py",
 ]
-HTTP = ["app.py", "cli.py", "http.py", "probes.py", "runtime.py"]
+HTTP = ["admin.py", "app.py", "cli.py", "docs.py", "http.py", "injection.py", "probes.py", "runtime.py", "testing.py"]
 
 
 @pytest.mark.parametrize("module", NO_HTTP)

@@ -8,6 +8,7 @@ import socket
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -123,10 +124,14 @@ def test_overload_queue_depth_and_inflight_show_while_the_model_is_held(model: M
     try:
         with TestClient(create_app(config, gated)) as client:
             state = state_of(client)
-            threads, results = in_threads(
-                [lambda i=i: client.post("/clip/embed_text", json={"text": f"held {i}"}) for i in range(3)]
-            )
-            assert gated.entered.wait(10)
+
+            def post(i: int) -> Any:
+                return client.post("/clip/embed_text", json={"text": f"held {i}"})
+
+            first, results_first = in_threads([lambda: post(0)])
+            assert gated.entered.wait(20)  # the first is in the model before the others queue behind it
+            threads, results = in_threads([lambda: post(1), lambda: post(2)])
+            threads += first
             wait_until(lambda: state.queue_depth("text") == 2, "two texts queued behind the held batch")
             held = metrics_of(client)
             assert value(held, "clipgate_queue_depth", kind="text") == 2
@@ -137,7 +142,7 @@ def test_overload_queue_depth_and_inflight_show_while_the_model_is_held(model: M
             gated.gate.set()
             for thread in threads:
                 thread.join(20)
-            assert [r.status_code for r in results.values()] == [200, 200, 200]
+            assert [r.status_code for r in [*results_first.values(), *results.values()]] == [200, 200, 200]
             drained = metrics_of(client)
             assert value(drained, "clipgate_queue_depth", kind="text") == 0
             assert value(drained, "clipgate_queue_wait_seconds_count", kind="text") == 3

@@ -121,7 +121,9 @@ def test_make_bench_quick_runs_every_phase_and_writes_its_figures(
     assert ("bare_reduced_images_per_s" in one_round) is bf16
     soak = figures["clipgate_soak"]
     assert soak["load"]["statuses"] == {"200": 80} and soak["load"]["succeeded"] == 80
-    assert soak["peak_rss_mib"] >= soak["rss_before_mib"] > 0
+    # The kernel counts resident pages per CPU in batches, so VmRSS can read a few pages above
+    # the peak VmHWM read later: a mebibyte of slack.
+    assert soak["peak_rss_mib"] >= soak["rss_before_mib"] - 1 > 0
     assert figures["bare"]["parity"]["reduced_decode_min_cosine"] > 0.9999
 
 

@@ -1,13 +1,12 @@
-"""Hostile input against the OpenAI-compatible and Cohere routes (to be folded into tests/hostile/):
-each case must be refused with a 4xx in the vendor's error shape, without a traceback or an
-internal repr, within a time bound, with no network access and without reflecting a large input;
-and the same client is served normally right after it."""
+"""Hostile input against the OpenAI-compatible and Cohere routes: each case must be refused with a
+4xx in the vendor's error shape (its profile's check), without a traceback or an internal repr,
+within a time bound, with no network access (the package's guard) and without reflecting a large
+input; and the same client is served normally right after it. The server runs with strict_model,
+so model names are checked too."""
 
 from __future__ import annotations
 
 import base64
-import re
-import socket
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -16,24 +15,18 @@ from typing import Any
 import httpx
 import orjson
 import pytest
-import requests
 from starlette.testclient import TestClient
 
 from clipgate.app import create_app
 from clipgate.engine import Model
-from tests import hostile_inputs as h
-from tests import imagegen
+from tests import imagegen, vendors
 from tests.conftest import make_config
+from tests.hostile import inputs as h
+from tests.hostile.checks import LEAK, MAX_ERROR_BODY_BYTES
 
 TIME_LIMIT_S = 5.0
-MAX_ERROR_BODY_BYTES = 16 * 1024
 DIM = 512
 DEFAULTS = make_config()
-LEAK = re.compile(
-    r"Traceback|File \"|site-packages|object at 0x|<class '|<function |<bound method|<module "
-    r"|\b(?:clipgate|adapters|PIL|orjson|starlette|requests|urllib3|torch|numpy)\.[A-Za-z_]"
-    r"|\b[A-Za-z_]+(?:Error|Exception)\b|ImageFile\b|ImagePlugin\b|b'\\x|b\"\\x|/work/|/usr/lib|/home/|/tmp/"
-)
 
 
 @dataclass(frozen=True)
@@ -112,44 +105,11 @@ ROUTES = [
 ]
 
 
-# --- network guard, client, checks --------------------------------------------------------------
-
-
-@pytest.fixture(scope="module", autouse=True)
-def network_attempts() -> Iterator[list[str]]:
-    """Every way out to the network raises and is recorded: URL inputs are off by default."""
-    attempts: list[str] = []
-
-    def blocked(name: str) -> Callable[..., Any]:
-        def refuse(*args: Any, **kwargs: Any) -> Any:
-            attempts.append(name)
-            raise OSError(f"network access blocked ({name})")
-
-        return refuse
-
-    with pytest.MonkeyPatch.context() as patch:
-        for module, attribute in (
-            (socket, "getaddrinfo"),
-            (socket, "gethostbyname"),
-            (socket, "create_connection"),
-            (socket.socket, "connect"),
-            (socket.socket, "connect_ex"),
-            (requests.Session, "send"),
-            (httpx.HTTPTransport, "handle_request"),
-        ):
-            patch.setattr(module, attribute, blocked(attribute))
-        yield attempts
-
-
-@pytest.fixture(autouse=True)
-def no_network(network_attempts: list[str]) -> Iterator[None]:
-    network_attempts.clear()
-    yield
-    assert network_attempts == [], f"the server tried to reach the network: {network_attempts}"
+# --- client, checks ------------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
-def gateway(model: Model, network_attempts: list[str]) -> Iterator[TestClient]:
+def strict_gateway(model: Model, network_attempts: list[str]) -> Iterator[TestClient]:
     config = make_config(openai={"strict_model": True}, cohere={"strict_model": True})
     with TestClient(create_app(config, model), raise_server_exceptions=False) as client:
         for route in ROUTES:
@@ -179,16 +139,7 @@ def assert_serves(client: TestClient, route: Route) -> None:
 def assert_refused(route: Route, response: httpx.Response, elapsed: float, allowed: frozenset[int]) -> None:
     assert elapsed < TIME_LIMIT_S, f"took {elapsed:.2f} s: {shown(response)}"
     assert response.status_code in allowed, f"expected one of {sorted(allowed)}: {shown(response)}"
-    assert response.headers.get("content-type", "").startswith("application/json"), shown(response)
-    body = response.json()
-    if route.vendor == "openai":
-        assert set(body) == {"error"}, shown(response)
-        error = body["error"]
-        assert set(error) == {"message", "type", "param", "code"}, shown(response)
-        assert error["type"] == "invalid_request_error" and isinstance(error["message"], str) and error["message"]
-    else:
-        assert set(body) == {"id", "message"}, shown(response)
-        assert isinstance(body["message"], str) and body["message"], shown(response)
+    vendors.vendor(route.vendor).assert_error(response)
     leak = LEAK.search(response.text)
     assert leak is None, f"leaks {leak.group(0)!r}: {shown(response)}"
     assert len(response.content) <= MAX_ERROR_BODY_BYTES, f"error body of {len(response.content)} bytes"
@@ -229,8 +180,8 @@ IMAGES: dict[str, Callable[[], bytes]] = {
 
 
 @pytest.mark.parametrize(("route", "make"), params(IMAGES))
-def test_hostile_images_are_refused(gateway: TestClient, route: Route, make: Callable[[], bytes]) -> None:
-    check_then_serve(gateway, route, frozenset({400, 413}), json=route.image(base64.b64encode(make()).decode()))
+def test_hostile_images_are_refused(strict_gateway: TestClient, route: Route, make: Callable[[], bytes]) -> None:
+    check_then_serve(strict_gateway, route, frozenset({400, 413}), json=route.image(base64.b64encode(make()).decode()))
 
 
 BAD_BASE64 = {
@@ -243,8 +194,8 @@ BAD_BASE64 = {
 
 
 @pytest.mark.parametrize(("route", "value"), params(BAD_BASE64))
-def test_bad_base64_is_refused(gateway: TestClient, route: Route, value: str) -> None:
-    check_then_serve(gateway, route, frozenset({400}), json=route.image(value))
+def test_bad_base64_is_refused(strict_gateway: TestClient, route: Route, value: str) -> None:
+    check_then_serve(strict_gateway, route, frozenset({400}), json=route.image(value))
 
 
 # --- bodies ---------------------------------------------------------------------------------------
@@ -263,8 +214,8 @@ BODIES: dict[str, Callable[[], bytes]] = {
 
 
 @pytest.mark.parametrize(("route", "make"), params(BODIES))
-def test_malformed_bodies_are_refused(gateway: TestClient, route: Route, make: Callable[[], bytes]) -> None:
-    check_then_serve(gateway, route, frozenset({400, 413}), content=make())
+def test_malformed_bodies_are_refused(strict_gateway: TestClient, route: Route, make: Callable[[], bytes]) -> None:
+    check_then_serve(strict_gateway, route, frozenset({400, 413}), content=make())
 
 
 # --- values ---------------------------------------------------------------------------------------
@@ -281,13 +232,15 @@ TEXTS: dict[str, tuple[list[Any], frozenset[int]]] = {
 
 
 @pytest.mark.parametrize(("route", "case"), params(TEXTS))
-def test_hostile_texts_are_refused(gateway: TestClient, route: Route, case: tuple[list[Any], frozenset[int]]) -> None:
+def test_hostile_texts_are_refused(
+    strict_gateway: TestClient, route: Route, case: tuple[list[Any], frozenset[int]]
+) -> None:
     texts, allowed = case
-    check_then_serve(gateway, route, allowed, json=route.texts(texts))
+    check_then_serve(strict_gateway, route, allowed, json=route.texts(texts))
 
 
 @pytest.mark.parametrize("route", ROUTES, ids=str)
-def test_too_many_images_is_413(gateway: TestClient, route: Route) -> None:
+def test_too_many_images_is_413(strict_gateway: TestClient, route: Route) -> None:
     tiny = base64.b64encode(h.tiny_png()).decode()
     body = route.image(tiny)
     for key in ("input", "images", "inputs"):
@@ -295,7 +248,7 @@ def test_too_many_images_is_413(gateway: TestClient, route: Route) -> None:
             body[key] = body[key] * (MAX_IMAGES + 1)
     if "messages" in body:
         body = {"messages": [body["messages"]] * (MAX_IMAGES + 1)}
-    check_then_serve(gateway, route, frozenset({413}), json=body)
+    check_then_serve(strict_gateway, route, frozenset({413}), json=body)
 
 
 OPENAI_ONLY = [r for r in ROUTES if r.vendor == "openai"][:1]
@@ -327,8 +280,8 @@ OPENAI_VALUES: dict[str, Any] = {
 @pytest.mark.parametrize(
     ("route", "body"), [pytest.param(r, b, id=f"{r}-{n}") for r in OPENAI_ONLY for n, b in OPENAI_VALUES.items()]
 )
-def test_hostile_openai_values_are_refused(gateway: TestClient, route: Route, body: Any) -> None:
-    check_then_serve(gateway, route, frozenset({400, 404, 413}), json=body)
+def test_hostile_openai_values_are_refused(strict_gateway: TestClient, route: Route, body: Any) -> None:
+    check_then_serve(strict_gateway, route, frozenset({400, 404, 413}), json=body)
 
 
 COHERE_VALUES: dict[str, Any] = {
@@ -354,8 +307,8 @@ COHERE_VALUES: dict[str, Any] = {
 @pytest.mark.parametrize(
     ("route", "body"), [pytest.param(r, b, id=f"{r}-{n}") for r in COHERE_ONLY for n, b in COHERE_VALUES.items()]
 )
-def test_hostile_cohere_values_are_refused(gateway: TestClient, route: Route, body: Any) -> None:
-    check_then_serve(gateway, route, frozenset({400, 404, 413}), json=body)
+def test_hostile_cohere_values_are_refused(strict_gateway: TestClient, route: Route, body: Any) -> None:
+    check_then_serve(strict_gateway, route, frozenset({400, 404, 413}), json=body)
 
 
 def test_an_oversized_body_is_413_before_it_is_read(model: Model) -> None:

@@ -1,4 +1,4 @@
-"""Hostile payloads for tests/test_hostile.py, built by hand so nothing large is ever allocated.
+"""Hostile payloads for the tests in tests/hostile/, built by hand so nothing large is ever allocated.
 
 Decompression bombs only *declare* huge dimensions in their headers: the bytes stay tiny and
 no pixel buffer of the declared size is made here."""
