@@ -12,6 +12,8 @@ PROTOCOLS = (
     "sambastudio",
     "azureml",
     "roboflow",
+    "openai",
+    "cohere",
 )
 
 REGISTRY: dict[str, Adapter] = {

@@ -5,15 +5,26 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeAlias
+from typing import Any, Literal, TypeAlias
 
 JSON: TypeAlias = Any
 """A value as orjson reads and writes it (dict, list, str, int, float, bool, None, ndarray)."""
 
+Truncation: TypeAlias = Literal["end", "start", "none"]
+"""What to do with a text over its token limit: keep its first tokens ("end" is cut), keep its last
+("start" is cut), or refuse it ("none": a 400). A cut text keeps its start and end tokens."""
+
 
 @dataclass(frozen=True, slots=True)
 class TextInput:
+    """A text to embed. `truncate` and `max_tokens` are for protocols whose callers choose, per
+    request, what happens to long text: None follows the server (`model.truncate_text`), and
+    `max_tokens` lowers the limit for this text (start and end tokens included; at least 2, and
+    never above the model's)."""
+
     text: str
+    truncate: Truncation | None = None
+    max_tokens: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,11 +58,34 @@ class EmbedRequest:
 
 
 @dataclass(frozen=True, slots=True)
+class TextInfo:
+    """What the model saw of a text: its token count, start and end tokens included, after any cut."""
+
+    tokens: int
+
+
+@dataclass(frozen=True, slots=True)
+class ImageInfo:
+    """An image as it was sent: its size (upright, as the model saw it, before any reduced
+    decode), its format (lower-case Pillow name: jpeg, png, webp, gif, bmp) and bits per sample."""
+
+    width: int
+    height: int
+    format: str
+    bit_depth: int
+
+
+@dataclass(frozen=True, slots=True)
 class EmbedResult:
-    """One row per request item, same order. Rows are float32 vectors (numpy), unnormalized."""
+    """One row per request item, same order. Rows are float32 vectors (numpy), unnormalized.
+
+    `info` holds one TextInfo or ImageInfo per item, in the same order (for usage counts and
+    image descriptions); `model` names the served model (its card name). The service fills both."""
 
     vectors: Sequence[Any]
     elapsed_s: float
+    info: Sequence[TextInfo | ImageInfo] = ()
+    model: str = ""
 
     def cosine(self, i: int, j: int) -> float:
         a, b = self.vectors[i], self.vectors[j]

@@ -25,9 +25,9 @@ from tokenizers import Tokenizer
 from tqdm.auto import tqdm
 
 from clipgate import random_checkpoint
-from clipgate.canonical import ModelCard
+from clipgate.canonical import ModelCard, TextInput, Truncation
 from clipgate.config import ModelConfig
-from clipgate.errors import InvalidRequest
+from clipgate.errors import TextTooLong
 from clipgate.images import ImageTransform, Pixels
 
 Vectors = NDArray[np.float32]
@@ -225,11 +225,9 @@ class Preprocessor:
         self.transform = transform
         self.pad_id = pad_id
         self.max_text_tokens = max_text_tokens
+        self.truncate: Truncation = "end" if truncate else "none"  # what a text without its own rule gets
         tokenizer.no_padding()  # a batch pads to its own longest text, in `collate_texts`
-        if truncate:
-            tokenizer.enable_truncation(max_text_tokens)  # keeps the end-of-text token last
-        else:
-            tokenizer.no_truncation()
+        tokenizer.no_truncation()  # each text is cut (or refused) by its own rule, in `_fit`
 
     @classmethod
     def load(cls, checkpoint: Checkpoint, card: ModelCard, *, truncate: bool) -> Preprocessor:
@@ -240,22 +238,34 @@ class Preprocessor:
             raise ModelLoadError(f"cannot load a CLIP checkpoint from {checkpoint.path}: {_first_line(exc)}") from exc
         return cls(tokenizer, transform, pad_id=pad_id, max_text_tokens=card.max_text_tokens, truncate=truncate)
 
-    def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
-        """Token ids per text. In chunks, so a request whose first text is too long is refused
+    def tokenize(self, texts: Sequence[str | TextInput]) -> list[list[int]]:
+        """Token ids per text, each cut or refused (TextTooLong) by its own rule when over its
+        limit: a TextInput's `truncate` and `max_tokens`, else the server's `model.truncate_text`
+        and the model's limit. In chunks, so a request whose first text is too long is refused
         without tokenizing the other thousand."""
-        limit = self.max_text_tokens
+        items = [TextInput(text) if isinstance(text, str) else text for text in texts]
         ids: list[list[int]] = []
-        for start in range(0, len(texts), TOKENIZE_CHUNK):
+        for start in range(0, len(items), TOKENIZE_CHUNK):
+            chunk = items[start : start + TOKENIZE_CHUNK]
+            encodings = self.tokenizer.encode_batch([item.text for item in chunk])
             ids += [
-                encoding.ids for encoding in self.tokenizer.encode_batch(list(texts[start : start + TOKENIZE_CHUNK]))
+                self._fit(start + n, encoding.ids, item)
+                for n, (encoding, item) in enumerate(zip(encodings, chunk, strict=True))
             ]
-            for i in range(start, len(ids)):
-                if len(ids[i]) > limit:
-                    raise InvalidRequest(
-                        f"Text at index {i} is {len(ids[i])} tokens long; the model accepts at most {limit} "
-                        "(the server can be configured to truncate: model.truncate_text = true)."
-                    )
         return ids
+
+    def _fit(self, index: int, row: list[int], item: TextInput) -> list[int]:
+        """`row` within its limit: as it is, cut at its end or its start (the start and end tokens
+        kept, as the tokenizer's own truncation keeps them), or refused."""
+        limit = self.max_text_tokens if item.max_tokens is None else min(item.max_tokens, self.max_text_tokens)
+        if len(row) <= limit:
+            return row
+        rule = item.truncate or self.truncate
+        if rule == "end":
+            return row[: limit - 1] + row[-1:]
+        if rule == "start":
+            return row[:1] + row[len(row) - limit + 1 :]
+        raise TextTooLong(index, len(row), limit, asked=item.truncate == "none")
 
     def preprocess(self, image: Image.Image) -> Pixels:
         return self.transform(image)

@@ -1,8 +1,9 @@
 """The clipgate error tree: each error carries its default HTTP status; adapters render it.
 
 ClipgateError
- ├─ InvalidRequest        400  wrong shape, bad base64, undecodable image, text too long
+ ├─ InvalidRequest        400  wrong shape, bad base64, undecodable image
  │   ├─ ImageError        400  an image cannot be read: bad base64, not an image, URL refused
+ │   ├─ TextTooLong       400  a text has more tokens than its limit, and is not to be cut
  │   └─ SchemaError       422  the body does not match the operation's schema at all
  ├─ Unauthorized          401  credential missing or wrong
  ├─ UnknownModel          404  the request names a model that is not served
@@ -41,6 +42,29 @@ class InvalidRequest(ClipgateError):
 
 class ImageError(InvalidRequest):
     message = "The image cannot be read."
+
+
+class TextTooLong(InvalidRequest):
+    """A text over its token limit that is not to be cut. `index` is its position among the
+    request's texts, `tokens` its length and `limit` the limit, for vendors whose errors say so;
+    `asked` is True when the request itself said not to cut (else the server's setting did)."""
+
+    def __init__(self, index: int, tokens: int, limit: int, *, asked: bool = False) -> None:
+        if asked:
+            message = (
+                f"Text at index {index} is {tokens} tokens long; the limit is {limit}, "
+                "and the request asked not to truncate."
+            )
+        else:
+            message = (
+                f"Text at index {index} is {tokens} tokens long; the model accepts at most {limit} "
+                "(the server can be configured to truncate: model.truncate_text = true)."
+            )
+        super().__init__(message)
+        self.index = index
+        self.tokens = tokens
+        self.limit = limit
+        self.asked = asked
 
 
 class SchemaError(InvalidRequest):

@@ -13,6 +13,7 @@ import numpy as np
 from numpy.typing import NDArray
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from clipgate.canonical import ImageInfo
 from clipgate.config import ImagesConfig
 from clipgate.errors import ImageError, PayloadTooLarge
 
@@ -59,7 +60,15 @@ def decode_base64(value: str) -> bytes:
 
 
 def decode_image(data: bytes, limits: ImagesConfig, *, reduce_to: int | None = None) -> Image.Image:
-    """Return the image as an 8-bit RGB `Image`, upright per its EXIF orientation.
+    """Return the image as an 8-bit RGB `Image`, upright per its EXIF orientation (see `decode_described`)."""
+    return decode_described(data, limits, reduce_to=reduce_to)[0]
+
+
+def decode_described(
+    data: bytes, limits: ImagesConfig, *, reduce_to: int | None = None
+) -> tuple[Image.Image, ImageInfo]:
+    """Return the image as an 8-bit RGB `Image`, upright per its EXIF orientation, and what it
+    was as sent: its upright size, format and bits per sample.
 
     With `reduce_to`, a JPEG may be decoded at 1/2, 1/4 or 1/8 of its size (libjpeg scales in
     the DCT, skipping most of the work) as long as its shortest side stays at least `reduce_to`
@@ -94,6 +103,7 @@ def decode_image(data: bytes, limits: ImagesConfig, *, reduce_to: int | None = N
         raise PayloadTooLarge(
             f"The image is {width}x{height} = {width * height} pixels; the limit is {limits.max_pixels}."
         )
+    fmt, depth = (image.format or "").lower(), _bit_depth(image)
     if reduce_to is not None and image.format == "JPEG" and min(width, height) > 2 * reduce_to:
         scale = reduce_to / min(width, height)
         image.draft(None, (max(1, math.ceil(width * scale)), max(1, math.ceil(height * scale))))
@@ -102,12 +112,23 @@ def decode_image(data: bytes, limits: ImagesConfig, *, reduce_to: int | None = N
             warnings.simplefilter("ignore")
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image.load()
+            stored = image.size
             ImageOps.exif_transpose(image, in_place=True)  # a copy costs a full-size image, for nothing
-            return _to_rgb(image)
+            upright = (width, height) if image.size == stored else (height, width)
+            return _to_rgb(image), ImageInfo(*upright, format=fmt, bit_depth=depth)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise _too_many_pixels(exc, limits) from exc
     except (OSError, ValueError, SyntaxError, EOFError) as exc:
         raise ImageError("The image data is truncated or corrupt.") from exc
+
+
+def _bit_depth(image: Image.Image) -> int:
+    """Bits per sample of an opened image, from its mode."""
+    if image.mode == "1":
+        return 1
+    if image.mode.startswith("I;16") or (image.mode == "I" and image.format == "PNG"):
+        return 16  # Pillow opens 16-bit PNG samples as mode I
+    return 32 if image.mode in ("I", "F") else 8
 
 
 def _too_many_pixels(exc: Exception, limits: ImagesConfig) -> PayloadTooLarge:

@@ -221,7 +221,7 @@ def document(config: Config, registry: Mapping[str, Adapter], version: str) -> d
         for key, scheme in adapter.auth.items():
             schemes[f"{name}_{key}"] = dict(scheme)
         for op in adapter.operations:
-            item = paths.setdefault(mount_path(prefix, op.path), {})
+            item = paths.setdefault(mount_path(prefix, _PARAM.sub(r"{\1}", op.path)), {})  # {name:path}: {name}
             for method in op.methods:
                 item[method.lower()] = _operation(adapter, op, method, error, bool(settings.keys))
     return {
@@ -229,7 +229,7 @@ def document(config: Config, registry: Mapping[str, Adapter], version: str) -> d
         "info": {
             "title": "clipgate",
             "version": version,
-            "summary": "One CLIP model behind the SambaStudio, Azure ML and Roboflow wire formats.",
+            "summary": "One CLIP model behind the SambaStudio, Azure ML, Roboflow, OpenAI and Cohere wire formats.",
             "description": (
                 "Each enabled protocol is one section, its routes under its prefix, its errors in its "
                 "vendor's shape. A method a route does not take gets 405 in that shape, with Allow; a path "

@@ -11,12 +11,12 @@ from typing import Any, TypeVar
 
 from clipgate import urls
 from clipgate.batcher import Batcher, Lane
-from clipgate.canonical import EmbedRequest, EmbedResult, ImageInput, ModelCard, TextInput
+from clipgate.canonical import EmbedRequest, EmbedResult, ImageInfo, ImageInput, ModelCard, TextInfo, TextInput
 from clipgate.config import Config
 from clipgate.cpu_turns import CpuTurns
 from clipgate.engine import Encoder, Model
 from clipgate.errors import ImageError, InvalidRequest, Overloaded, PayloadTooLarge, UnknownModel
-from clipgate.images import Pixels, decode_base64, decode_image, limit_pillow
+from clipgate.images import Pixels, decode_base64, decode_described, limit_pillow
 from clipgate.metrics import Metrics
 
 # A JPEG is decoded at reduced size only while its shortest side stays this many times the model's
@@ -97,13 +97,14 @@ class EmbeddingService:
         items = request.items
         if not items:
             raise InvalidRequest("The request holds nothing to embed.")
-        texts = [(i, item.text) for i, item in enumerate(items) if isinstance(item, TextInput)]
+        texts = [(i, item) for i, item in enumerate(items) if isinstance(item, TextInput)]
         images = [(i, item) for i, item in enumerate(items) if isinstance(item, ImageInput)]
         self._check_sizes(texts, images)
         self._admit("text", len(texts), self.config.server.max_queued_texts)
         self._admit("image", len(images), self.config.server.max_queued_images)
         fetched = await self._all_in(self._fetch_pool, self._fetch, [item for _, item in images], only_urls=True)
         futures: list[asyncio.Future[Any]] = []
+        info: list[TextInfo | ImageInfo] = []
         try:
             # Announced to the batcher, so a batch about to start waits for these rather than
             # leaving without them; on a CPU the decoding itself waits while a batch runs
@@ -112,18 +113,23 @@ class EmbeddingService:
                 with self.batcher.incoming("text", len(texts)):
                     (tokens,) = await self._all_in(self._decode_pool, self._tokenize, [[t for _, t in texts]])
                 futures += self.batcher.submit("text", tokens)
+                info += [TextInfo(len(row)) for row in tokens]
             if images:
                 with self.batcher.incoming("image", len(images)):
-                    pixels = await self._all_in(self._decode_pool, self._decode, fetched)
-                futures += self.batcher.submit("image", pixels)
+                    decoded = await self._all_in(self._decode_pool, self._decode, fetched)
+                futures += self.batcher.submit("image", [pixels for pixels, _ in decoded])
+                info += [described for _, described in decoded]
             rows = await asyncio.gather(*futures)
         finally:
             for fut in futures:  # a failed or abandoned request frees its queue places
                 fut.cancel()
         vectors: list[Any] = [None] * len(items)
-        for index, row in zip([i for i, _ in texts] + [i for i, _ in images], rows, strict=True):
-            vectors[index] = row
-        return EmbedResult(vectors=vectors, elapsed_s=time.perf_counter() - started)
+        infos: list[Any] = [None] * len(items)
+        for index, row, described in zip([i for i, _ in texts] + [i for i, _ in images], rows, info, strict=True):
+            vectors[index], infos[index] = row, described
+        return EmbedResult(
+            vectors=vectors, elapsed_s=time.perf_counter() - started, info=infos, model=self.model.card.name
+        )
 
     @staticmethod
     async def _all_in(
@@ -163,16 +169,21 @@ class EmbeddingService:
                 retry_after=retry,
             )
 
-    def _check_sizes(self, texts: list[tuple[int, str]], images: list[tuple[int, ImageInput]]) -> None:
+    def _check_sizes(self, texts: list[tuple[int, TextInput]], images: list[tuple[int, ImageInput]]) -> None:
         """The cheap limits, before any decoding or tokenizing."""
         limits = self.config.server
         for kind, count, limit in (("images", len(images), limits.max_images), ("texts", len(texts), limits.max_texts)):
             if count > limit:
                 raise PayloadTooLarge(f"The request holds {count} {kind}; the limit is {limit} per request.")
-        for n, (_, text) in enumerate(texts):
-            if len(text) > limits.max_text_chars:
+        for n, (_, item) in enumerate(texts):
+            if len(item.text) > limits.max_text_chars:
                 raise InvalidRequest(
-                    f"Text at index {n} is {len(text)} characters long; the limit is {limits.max_text_chars}."
+                    f"Text at index {n} is {len(item.text)} characters long; the limit is {limits.max_text_chars}."
+                )
+            if item.max_tokens is not None and item.max_tokens < 2:
+                raise InvalidRequest(
+                    f"Text at index {n} may have at most {item.max_tokens} tokens; CLIP needs at least 2 "
+                    "(its start and end tokens)."
                 )
 
     def _fetch(self, item: ImageInput) -> bytes | str:
@@ -191,18 +202,19 @@ class EmbeddingService:
         assert item.data is not None
         return item.data
 
-    def _tokenize(self, texts: list[str]) -> list[list[int]]:
+    def _tokenize(self, texts: list[TextInput]) -> list[list[int]]:
         with self.turns.decoding():
             ids = self.model.preprocessor.tokenize(texts)
         self.metrics.tokenized([len(row) for row in ids])
         return ids
 
-    def _decode(self, source: bytes | str) -> Pixels:
+    def _decode(self, source: bytes | str) -> tuple[Pixels, ImageInfo]:
         """Runs in the decode pool, on the decoders' turn: base64, decode, verify and preprocess one image."""
         with self.turns.decoding():
             started = time.perf_counter()
             data = decode_base64(source) if isinstance(source, str) else source
             reduce_to = math.ceil(REDUCED_DECODE_MARGIN * self.model.card.image_size) if self._reduced_decode else None
-            pixels = self.model.preprocessor.preprocess(decode_image(data, self.config.images, reduce_to=reduce_to))
+            image, described = decode_described(data, self.config.images, reduce_to=reduce_to)
+            pixels = self.model.preprocessor.preprocess(image)
         self.metrics.decoded(time.perf_counter() - started)
-        return pixels
+        return pixels, described

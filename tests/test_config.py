@@ -21,7 +21,7 @@ def load(path: Path | None = DEFAULT, env: dict[str, str] | None = None) -> Conf
 def test_default_file_lists_every_key_with_the_built_in_default() -> None:
     defaults = load(None)
     assert load(DEFAULT) == defaults
-    assert set(defaults.protocols) == {"sambastudio", "azureml", "roboflow"}
+    assert set(defaults.protocols) == {"sambastudio", "azureml", "roboflow", "openai", "cohere"}
     text = DEFAULT.read_text()
     tables = {**{name: getattr(defaults, name) for name in SECTIONS}, **defaults.protocols}
     for section, values in tables.items():

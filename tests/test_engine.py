@@ -18,9 +18,10 @@ from PIL import Image, ImageOps
 from safetensors.torch import load_file
 
 from clipgate import random_checkpoint
+from clipgate.canonical import TextInput
 from clipgate.config import ImagesConfig, ModelConfig
 from clipgate.engine import Model, ModelLoadError, load_model, resolve_checkpoint
-from clipgate.errors import InvalidRequest
+from clipgate.errors import InvalidRequest, TextTooLong
 from clipgate.images import decode_image
 from tests import imagegen
 
@@ -229,6 +230,37 @@ def test_truncating_model_cuts_long_text_to_77_tokens(truncating_model: Model, r
     assert got.shape == (2, DIM) and np.isfinite(got).all()
     want = ref.embed_texts([long_text], truncation=True, max_length=MAX_TOKENS)[0]
     assert cosine(got[0], want) >= TEXT_MIN_COSINE
+
+
+def test_a_text_may_carry_its_own_truncation_rule(model: Model, ref: Reference) -> None:
+    """Per text, whatever the server's setting: cut the end, cut the start, or refuse; under a lower cap."""
+    words = [f"w{n}" for n in range(120)]
+    long_text = " ".join(words)
+    whole = ref.tokenizer(long_text)["input_ids"]
+    bos, eos = whole[0], whole[-1]
+    end, start, capped = model.preprocessor.tokenize(
+        [
+            TextInput(long_text, truncate="end"),
+            TextInput(long_text, truncate="start"),
+            TextInput(long_text, truncate="end", max_tokens=10),
+        ]
+    )
+    assert end == ref.tokenizer(long_text, truncation=True, max_length=MAX_TOKENS)["input_ids"]
+    assert start == [bos, *whole[len(whole) - MAX_TOKENS + 1 : -1], eos] and len(start) == MAX_TOKENS
+    assert capped == [*whole[:9], eos]
+    # a cap above the model's limit is the model's limit; a short text is left as it is
+    high, short = model.preprocessor.tokenize([TextInput(long_text, truncate="end", max_tokens=500), "a cat"])
+    assert high == end and short == ref.tokenizer("a cat")["input_ids"]
+    with pytest.raises(TextTooLong) as caught:
+        model.preprocessor.tokenize(["fine", TextInput("a b c d e f g h", truncate="none", max_tokens=5)])
+    assert (caught.value.index, caught.value.tokens, caught.value.limit, caught.value.asked) == (1, 10, 5, True)
+    assert caught.value.status == 400 and "asked not to truncate" in caught.value.message
+
+
+def test_a_request_rule_overrides_the_servers_truncation(truncating_model: Model) -> None:
+    with pytest.raises(TextTooLong):
+        truncating_model.preprocessor.tokenize([TextInput("word " * 100, truncate="none")])
+    assert len(truncating_model.preprocessor.tokenize([TextInput("word " * 100)])[0]) == MAX_TOKENS
 
 
 # --- output contract ---------------------------------------------------------------------------

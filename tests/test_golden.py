@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import base64
 import json
+import math
+import struct
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +56,28 @@ def is_vector(value: Any) -> bool:
     return isinstance(value, list) and len(value) == WIDTH and all(isinstance(x, float) for x in value)
 
 
+def is_unit_vector(value: Any) -> bool:
+    return is_vector(value) and abs(math.sqrt(sum(x * x for x in value)) - 1) < 1e-4
+
+
+def is_base64_vector(value: Any) -> bool:
+    """Little-endian float32 bytes of a unit vector, base64 (OpenAI's and Cohere's base64 encoding)."""
+    try:
+        raw = base64.b64decode(value, validate=True)
+    except (TypeError, ValueError):
+        return False
+    return len(raw) == WIDTH * 4 and is_unit_vector(list(struct.unpack(f"<{WIDTH}f", raw)))
+
+
+def is_bytes(value: Any, low: int) -> bool:
+    """A packed binary embedding: WIDTH / 8 integers from `low` to `low` + 255."""
+    return (
+        isinstance(value, list)
+        and len(value) == WIDTH // 8
+        and all(isinstance(x, int) and low <= x <= low + 255 for x in value)
+    )
+
+
 def match(expected: Any, actual: Any, where: str = "$") -> None:
     """Assert `actual` fits the matcher `expected` (see tests/fixtures/SOURCES.md)."""
     if isinstance(expected, str) and expected.startswith("$"):
@@ -70,6 +94,20 @@ def match(expected: Any, actual: Any, where: str = "$") -> None:
             "$string_or_null": lambda: actual is None or isinstance(actual, str),
             "$message": lambda: isinstance(actual, str) and bool(actual.strip()),
             "$any": lambda: True,
+            "$unit_vector": lambda: is_unit_vector(actual),
+            "$unit_vectors": lambda: (
+                isinstance(actual, list) and len(actual) == int(arg) and all(map(is_unit_vector, actual))
+            ),
+            "$base64_vector": lambda: is_base64_vector(actual),
+            "$base64_vectors": lambda: (
+                isinstance(actual, list) and len(actual) == int(arg) and all(map(is_base64_vector, actual))
+            ),
+            "$binary_vectors": lambda: (
+                isinstance(actual, list) and len(actual) == int(arg) and all(is_bytes(v, -128) for v in actual)
+            ),
+            "$ubinary_vectors": lambda: (
+                isinstance(actual, list) and len(actual) == int(arg) and all(is_bytes(v, 0) for v in actual)
+            ),
         }
         assert name in checks, f"{where}: unknown matcher {expected}"
         assert checks[name](), f"{where}: {str(actual)[:200]!r} does not match {expected}"
@@ -114,7 +152,10 @@ def send(client: TestClient, request: dict[str, Any]) -> tuple[Any, Any]:
 def expected_results(expected: Any) -> int:
     """How many vectors a fixture's response holds ($vector is one, $vectors:N is N)."""
     if isinstance(expected, str):
-        return 1 if expected == "$vector" else int(expected.split(":")[1]) if expected.startswith("$vectors:") else 0
+        name, _, count = expected.partition(":")
+        if name in ("$vector", "$unit_vector", "$base64_vector"):
+            return 1
+        return int(count) if name in ("$vectors", "$unit_vectors", "$base64_vectors") else 0
     if isinstance(expected, dict):
         return sum(map(expected_results, expected.values()))
     if isinstance(expected, list):

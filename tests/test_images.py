@@ -14,9 +14,10 @@ from hypothesis import strategies as st
 from PIL import Image, ImageFile, ImageOps
 
 from clipgate import random_checkpoint
+from clipgate.canonical import ImageInfo
 from clipgate.config import ImagesConfig
 from clipgate.errors import ImageError, PayloadTooLarge
-from clipgate.images import ImageTransform, decode_image
+from clipgate.images import ImageTransform, decode_described, decode_image
 from tests import imagegen
 
 VARIANTS = imagegen.variants()
@@ -481,3 +482,33 @@ def test_the_service_lowers_pillows_bomb_threshold_to_ours(monkeypatch: pytest.M
     assert Image.MAX_IMAGE_PIXELS == 40_000_000
     limit_pillow(100_000_000)  # never raised again
     assert Image.MAX_IMAGE_PIXELS == 40_000_000
+
+
+@pytest.mark.parametrize(
+    ("data", "reduce_to", "expected"),
+    [
+        pytest.param(imagegen.sample("jpeg"), None, ImageInfo(320, 240, "jpeg", 8), id="jpeg"),
+        pytest.param(imagegen.sample("gif"), None, ImageInfo(320, 240, "gif", 8), id="gif"),
+        pytest.param(imagegen.sample("bmp"), None, ImageInfo(320, 240, "bmp", 8), id="bmp"),
+        pytest.param(imagegen.png_16bit_gray()[0], None, ImageInfo(200, 150, "png", 16), id="png-16-bit"),
+        pytest.param(
+            imagegen.with_exif_orientation(imagegen.picture(320, 240), 6),
+            None,
+            ImageInfo(240, 320, "jpeg", 8),
+            id="exif",
+        ),
+        pytest.param(imagegen.jpeg(width=1600, height=1200), 224, ImageInfo(1600, 1200, "jpeg", 8), id="reduced"),
+        pytest.param(
+            imagegen.with_exif_orientation(imagegen.picture(1600, 1200), 8),
+            224,
+            ImageInfo(1200, 1600, "jpeg", 8),
+            id="reduced-exif",
+        ),
+    ],
+)
+def test_decode_describes_the_image_as_sent(data: bytes, reduce_to: int | None, expected: ImageInfo) -> None:
+    image, described = decode_described(data, ImagesConfig(), reduce_to=reduce_to)
+    assert described == expected
+    assert image.mode == "RGB"
+    if reduce_to is not None:
+        assert max(image.size) < max(expected.width, expected.height)  # decoded at reduced size all the same

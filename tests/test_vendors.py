@@ -19,12 +19,18 @@ ERRORS: dict[str, httpx.Response] = {
     "azureml": httpx.Response(
         400, json={"message": "POST body should be a JSON dictionary."}, headers={"x-ms-run-function-failed": "True"}
     ),
+    "openai": httpx.Response(
+        400, json={"error": {"message": "x", "type": "invalid_request_error", "param": "input", "code": None}}
+    ),
+    "cohere": httpx.Response(400, json={"id": "5d5b0e8e", "message": "invalid request: x"}),
 }
 # Which profile takes which error: Roboflow's {message} body is Azure's too; Azure's header tells them apart.
 ACCEPTS = {
     "roboflow": {"roboflow", "roboflow-422", "azureml"},
     "sambastudio": {"sambastudio"},
     "azureml": {"azureml"},
+    "openai": {"openai"},
+    "cohere": {"cohere"},
 }
 
 
@@ -43,8 +49,8 @@ def test_a_profile_knows_every_embedding_route_of_its_adapter(profile: VendorPro
 
 
 def test_an_unknown_vendor_raises() -> None:
-    with pytest.raises(KeyError, match="no vendor profile named 'openai'; the profiles are: roboflow"):
-        vendors.vendor("openai")
+    with pytest.raises(KeyError, match="no vendor profile named 'bedrock'; the profiles are: roboflow"):
+        vendors.vendor("bedrock")
     with pytest.raises(KeyError, match="sambastudio has no endpoint named 'score'"):
         vendors.SAMBASTUDIO.endpoint("score")
 

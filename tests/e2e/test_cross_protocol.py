@@ -1,9 +1,12 @@
-"""One model behind three vendors' wire formats: the same input gives the same vector, bit for bit,
-whichever door it comes in by. Requests go one at a time, so each is a batch of one. Each vendor's
-requests and answers are built and read by its profile (tests/vendors.py)."""
+"""One model behind five vendors' wire formats: the same input gives the same vector, bit for bit,
+whichever door it comes in by; the OpenAI and Cohere doors scale it to unit length, as those
+vendors do (the same direction, cosine >= 0.99999), and give it bit for bit when asked for the raw
+vector. Requests go one at a time, so each is a batch of one. Each vendor's requests and answers are
+built and read by its profile (tests/vendors.py)."""
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import pytest
@@ -39,9 +42,28 @@ def text_vectors(base: str, text: str) -> dict[str, list[float]]:
     return {str(e): post(base, e, e.text_call([text])) for e in TEXT_ENDPOINTS}
 
 
+def same(name: str, endpoint: Endpoint, vector: list[float], raw: list[float], reference: Any) -> None:
+    """The raw vector, bit for bit; or from a unit-length door, its direction at unit length."""
+    if not endpoint.unit:
+        assert vector == raw, f"{name} differs from roboflow"
+        return
+    assert reference.cosine(vector, raw) >= 0.99999, f"{name} points elsewhere than roboflow's vector"
+    assert abs(math.sqrt(sum(v * v for v in vector)) - 1) < 1e-5, f"{name} is not unit length"
+
+
 def test_the_routes_compared_are_every_vendors() -> None:
-    assert [str(e) for e in IMAGE_ENDPOINTS] == ["roboflow embed_image", "sambastudio file", "azureml score"]
-    assert len(TEXT_ENDPOINTS) == 5 and {e.vendor for e in TEXT_ENDPOINTS} == set(vendors.PROFILES)
+    assert [str(e) for e in IMAGE_ENDPOINTS] == [
+        "roboflow embed_image",
+        "sambastudio file",
+        "azureml score",
+        "openai embeddings",
+        "openai embeddings-no-v1",
+        "openai kserve",
+        "openai azure",
+        "cohere v2",
+        "cohere v1",
+    ]
+    assert len(TEXT_ENDPOINTS) == 11 and {e.vendor for e in TEXT_ENDPOINTS} == set(vendors.PROFILES)
     # Azure's sample client sends base64 broken into lines, and so does its profile here.
     score = vendors.AZUREML.endpoint("score")
     encoded = score.image_call(imagegen.sample("jpeg"))["json"]["input_data"]["data"][0][0]
@@ -54,8 +76,8 @@ def test_same_image_bytes_same_vector_on_every_protocol(live_server: str, refere
     vectors = image_vectors(live_server, data)
     first = vectors["roboflow embed_image"]
     reference.check(first, reference.image(data), f"{fmt} via roboflow")
-    for name, vector in vectors.items():
-        assert vector == first, f"{name} differs from roboflow"
+    for endpoint in IMAGE_ENDPOINTS:
+        same(str(endpoint), endpoint, vectors[str(endpoint)], first, reference)
 
 
 def test_same_text_same_vector_on_every_protocol(live_server: str, reference: Any) -> None:
@@ -63,8 +85,19 @@ def test_same_text_same_vector_on_every_protocol(live_server: str, reference: An
     vectors = text_vectors(live_server, text)
     first = vectors["roboflow embed_text"]
     reference.check(first, reference.text(text), "text via roboflow")
-    for name, vector in vectors.items():
-        assert vector == first, f"{name} differs from roboflow"
+    for endpoint in TEXT_ENDPOINTS:
+        same(str(endpoint), endpoint, vectors[str(endpoint)], first, reference)
+
+
+def test_the_openai_door_gives_the_raw_vector_bit_for_bit_when_asked(live_server: str) -> None:
+    data, text = imagegen.sample("jpeg", seed=74), "a photo of a metal can"
+    embeddings = vendors.OPENAI.endpoint("embeddings")
+    for call, raw in (
+        (embeddings.image_call(data), image_vectors(live_server, data)["roboflow embed_image"]),
+        (embeddings.text_call([text]), text_vectors(live_server, text)["roboflow embed_text"]),
+    ):
+        call["json"]["normalize"] = False
+        assert post(live_server, embeddings, call) == raw
 
 
 def test_different_inputs_give_different_vectors(live_server: str) -> None:
