@@ -48,6 +48,7 @@ class ServerConfig:
     host: str = "127.0.0.1"
     port: int = 8000
     log_level: str = "info"
+    log_format: str = "text"  # TEMP placeholder for the images' CLIPGATE_SERVER_LOG_FORMAT=json (dropped at merge)
     max_body_bytes: int = 64 * 1024 * 1024
     max_inflight_body_bytes: int = 0  # 0: a fraction of the memory (clipgate.budget.auto_capacity)
     body_budget_wait_s: float = 1.0
