@@ -129,7 +129,7 @@ class Container:
             time.sleep(0.5)  # the bounded readiness poll
 
     def remove(self) -> None:
-        podman("rm", "--force", "--time", "0", self.name, check=False)
+        podman("rm", "--force", "--volumes", "--time", "0", self.name, check=False)
 
 
 @pytest.fixture(scope="module")
