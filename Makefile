@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 CHROMIUM := /usr/bin/chromium
 ARGS ?=
 
-.PHONY: install serve check test bench soak clean
+.PHONY: install serve check test bench soak clean image image-cuda image-with-model test-image
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -32,6 +32,8 @@ check: $(STAMP)
 	$(BIN)/ruff check --quiet clipgate adapters tests
 	$(BIN)/mypy clipgate adapters
 
+# tests/image/ builds the CPU image and runs it with podman: about 7 minutes the first time on
+# 2 cores, under a minute when nothing changed (see make test-image).
 test: check $(CHROMIUM)
 	$(BIN)/python -m pytest $(ARGS)
 
@@ -45,6 +47,30 @@ bench: $(STAMP)
 # than 503, a request left unanswered, or resident memory growing past its bound.
 soak: $(STAMP)
 	$(BIN)/python -m clipgate.bench.soak --out soak-results.json $(ARGS)
+
+# Container images (configs/image/, built with podman). BASE: the Debian bookworm image they start
+# from; with no registry, BASE=$$(configs/image/local-base.sh) makes one with mmdebstrap. The build
+# uses the host's pip configuration (CA bundle, local wheel folders): see configs/image/build.sh.
+BASE ?= docker.io/library/debian:bookworm-slim
+IMAGE ?= clipgate:cpu
+PIP_OF_HOST = $$(test -x $(BIN)/pip && echo $(BIN)/pip)
+
+image:
+	BASE=$(BASE) PIP=$(PIP_OF_HOST) configs/image/build.sh cpu clipgate:cpu
+
+# Several GB (torch's CUDA 13.0 build and its CUDA libraries): built on demand only.
+image-cuda:
+	BASE=$(BASE) PIP=$(PIP_OF_HOST) configs/image/build.sh cuda clipgate:cuda
+
+# make image-with-model MODEL_DIR=/path/to/checkpoint [MODEL_ALIAS=ViT-B-32] [IMAGE=clipgate:cuda] [TAG=...]
+image-with-model:
+	@test -n "$(MODEL_DIR)" || { echo "usage: make image-with-model MODEL_DIR=/path/to/checkpoint [MODEL_ALIAS=...] [IMAGE=$(IMAGE)] [TAG=...]" >&2; exit 2; }
+	configs/image/bake-model.sh "$(MODEL_DIR)" "$(IMAGE)" "$(TAG)" "$(MODEL_ALIAS)"
+
+# The image part of make test alone: tests/image/ builds the CPU image on a Debian base made
+# locally (no registry needed), installing podman and mmdebstrap when missing, and drives it.
+test-image: $(STAMP)
+	$(BIN)/python -m pytest tests/image $(ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info
