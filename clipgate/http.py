@@ -392,7 +392,7 @@ def body_limit(op: Operation, config: Config) -> tuple[int, str]:
     """The largest body `op` could legitimately need, capped by `server.max_body_bytes`, and a note
     saying why when the route's own bound is the lower one. Images count as base64 in JSON (with
     line breaks and a data: prefix) or as raw bytes in multipart; texts at 6 bytes a character
-    (JSON's \\uXXXX escapes)."""
+    (JSON's six-byte \\u escapes)."""
     server, images = config.server, config.images
     per_image = images.max_bytes + 1024 if op.body == "multipart" else math.ceil(images.max_bytes * 4 / 3 * 1.03) + 4096
     most = BODY_OVERHEAD

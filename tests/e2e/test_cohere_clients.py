@@ -9,13 +9,12 @@ import base64
 from collections.abc import Iterator
 from typing import Any
 
+import cohere
 import numpy as np
 import pytest
 
 from tests import imagegen
 from tests.e2e.conftest import DIM, PARITY_COSINE
-
-cohere = pytest.importorskip("cohere")
 
 TEXTS = ["a photo of a cat", "a dog on a skateboard"]
 JPEG = imagegen.sample("jpeg", seed=41)

@@ -12,12 +12,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import openai
 import pytest
 
 from tests import imagegen
 from tests.e2e.conftest import DIM, PARITY_COSINE
-
-openai = pytest.importorskip("openai")
 
 TEXTS = ["a photo of a cat", "a dog on a skateboard", "red"]
 JPEG = imagegen.sample("jpeg", seed=31)
