@@ -165,6 +165,15 @@ class Reference:
         )
 
 
+def unit_at_parity(reference: Reference, served: Any, expected: np.ndarray, what: str) -> None:
+    """A served unit-length vector (OpenAI, Cohere) in the reference's direction."""
+    vector = np.asarray(served, dtype=np.float64)
+    assert vector.shape == (DIM,), what
+    similarity = reference.cosine(vector, expected)
+    assert similarity >= PARITY_COSINE, f"{what}: cosine {similarity:.7f} to the reference"
+    assert abs(float(np.linalg.norm(vector)) - 1) < 1e-4, f"{what}: not unit length"
+
+
 @pytest.fixture(scope="session")
 def reference(tiny_dir: Path) -> Reference:
     return Reference(tiny_dir)

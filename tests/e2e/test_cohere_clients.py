@@ -14,21 +14,13 @@ import numpy as np
 import pytest
 
 from tests import imagegen
-from tests.e2e.conftest import DIM, PARITY_COSINE
+from tests.e2e.conftest import unit_at_parity as at_parity
 
 TEXTS = ["a photo of a cat", "a dog on a skateboard"]
 JPEG = imagegen.sample("jpeg", seed=41)
 PNG = imagegen.sample("png", seed=42)
 JPEG_URI = "data:image/jpeg;base64," + base64.b64encode(JPEG).decode()
 PNG_URI = "data:image/png;base64," + base64.b64encode(PNG).decode()
-
-
-def at_parity(reference: Any, served: Any, expected: np.ndarray, what: str) -> None:
-    vector = np.asarray(served, dtype=np.float64)
-    assert vector.shape == (DIM,), what
-    cosine = reference.cosine(vector, expected)
-    assert cosine >= PARITY_COSINE, f"{what}: cosine {cosine:.7f} to the reference"
-    assert abs(float(np.linalg.norm(vector)) - 1) < 1e-4, f"{what}: not unit length"
 
 
 @pytest.fixture(scope="module")
