@@ -309,3 +309,22 @@ def test_session_options_keep_the_thread_budget() -> None:
     assert options.intra_op_num_threads == 3 and options.inter_op_num_threads == 1
     assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
 
+
+# --- clipgate export ---------------------------------------------------------------------------
+
+
+def test_clipgate_export_prints_where_the_export_is(onnx_model: Model, cache_dir: Path) -> None:
+    env = {**os.environ, "CLIPGATE_CACHE_DIR": str(cache_dir)}
+    done = subprocess.run(
+        [sys.executable, "-m", "clipgate.cli", "export", "--model", "random:tiny", "--quantize", "int8"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    folder = str(onnx_model.encoder.export.folder)  # type: ignore[attr-defined]
+    assert lines[0] == f"random:tiny: ONNX export (float32) in {folder}"
+    assert lines[1].startswith(f"random:tiny: ONNX export (int8) in {folder}/int8-") and "text_min_cosine" in lines[1]
