@@ -34,7 +34,7 @@ def _require(ok: bool, key: str, rule: str, value: object) -> None:
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
 LOG_FORMATS = ("auto", "text", "json")
 DTYPES = ("auto", "float32", "float16", "bfloat16")
-BACKENDS = ("torch", "onnx")
+BACKENDS = ("torch", "onnx", "openvino")
 QUANTIZE = ("none", "int8")
 _DEVICE = re.compile(r"auto|cpu|cuda(:[0-9]+)?")
 
@@ -111,7 +111,7 @@ class ModelConfig:
         _require(
             self.quantize == "none" or self.backend == "onnx",
             "model.quantize",
-            'applies to model.backend = "onnx" only (torch runs unquantized)',
+            'applies to model.backend = "onnx" only (torch and openvino run unquantized)',
             self.quantize,
         )
         _require(0 < self.int8_min_cosine <= 1, "model.int8_min_cosine", "must be in (0, 1]", self.int8_min_cosine)

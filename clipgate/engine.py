@@ -50,7 +50,11 @@ KNOWN_ALIASES = {
 TOKENIZE_CHUNK = 64
 
 # model.backend -> the module under clipgate/backends/ that implements it (imported on demand).
-BACKENDS = {"torch": "clipgate.backends.torch", "onnx": "clipgate.backends.onnx"}
+BACKENDS = {
+    "torch": "clipgate.backends.torch",
+    "onnx": "clipgate.backends.onnx",
+    "openvino": "clipgate.backends.openvino",
+}
 
 
 class ModelLoadError(RuntimeError):
@@ -85,7 +89,7 @@ class Backend(Protocol):
 
 
 # model.backend -> the optional dependency (pyproject extra) it needs, where it needs one
-EXTRAS = {"onnx": "onnx"}
+EXTRAS = {"onnx": "onnx", "openvino": "openvino"}
 
 
 def backend(cfg: ModelConfig) -> Backend:

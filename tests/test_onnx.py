@@ -267,7 +267,7 @@ def test_int8_below_its_floor_is_refused(onnx_model: Model) -> None:
         pytest.param({"quantize": "int4"}, "model.quantize must be one of none, int8", id="unknown"),
         pytest.param({"quantize": "int8"}, 'applies to model.backend = "onnx" only', id="torch-backend"),
         pytest.param({"backend": "onnx", "int8_min_cosine": 1.5}, "model.int8_min_cosine", id="floor"),
-        pytest.param({"backend": "tensorrt"}, "model.backend must be one of torch, onnx", id="backend"),
+        pytest.param({"backend": "tensorrt"}, "model.backend must be one of torch, onnx, openvino", id="backend"),
     ],
 )
 def test_model_settings_are_checked(changes: dict[str, Any], message: str) -> None:
