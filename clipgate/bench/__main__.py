@@ -91,7 +91,8 @@ class Plan:
         that leaves most of the budget for model loads, warm-ups and the count-bound phases."""
         torch_sweep = len(self.image_batches) + len(self.text_batches) + len(self.long_text_batches)
         onnx_sweep = len(self.image_batches) + len(self.text_batches) + 2  # + int8 at the best batches
-        sweep = self.point_s * (torch_sweep + len(self.reduced_batches) + onnx_sweep)
+        openvino = 5  # ONNX Runtime again, OpenVINO float32 and bfloat16 images; the same, less float32, texts
+        sweep = self.point_s * (torch_sweep + len(self.reduced_batches) + onnx_sweep + openvino)
         per_round = 4 * self.point_s + 4 * self.image_load_s + 2 * self.text_load_s
         onnx_round = 2 * self.point_s + self.image_load_s + self.text_load_s
         return sweep + rounds * (per_round + onnx_round) + self.soak_max_s
@@ -292,6 +293,42 @@ def sweep_onnx(
     del int8
     side = OnnxSide(model, results["best_batch"]["images"], results["best_batch"]["short_texts"])
     return results, side
+
+
+def sweep_openvino(model_dir: Path, onnx_side: OnnxSide, plan: Plan) -> dict[str, Any]:
+    """OpenVINO on the same export beside ONNX Runtime, at ONNX Runtime's best batches: images in
+    float32 and bfloat16, short texts in bfloat16; bfloat16 only where the CPU has it natively.
+    The case for model.backend = openvino: it exists for the bfloat16 path."""
+    import openvino as ov
+
+    from clipgate.backends import onnx as onnx_backend
+
+    export = onnx_backend.find_export(model_dir)
+    assert export is not None  # sweep_onnx made it
+    native = "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    ib, tb = onnx_side.best_image_batch, onnx_side.best_text_batch
+    out: dict[str, Any] = {"image_batch": ib, "text_batch": tb, "native_bf16": native}
+    texts = workload.SHORT_TEXTS
+    log(f"bare OpenVINO beside ONNX Runtime: images at batch {ib}, short texts at batch {tb}")
+    out["onnxruntime_images_per_s"] = onnx_side.fp32.images([ib], min_s=plan.point_s)[0].per_s
+    f32 = bare.OpenVinoBare(model_dir, export, "f32")
+    out["f32_images_per_s"] = f32.images([ib], min_s=plan.point_s)[0].per_s
+    del f32
+    out["onnxruntime_short_texts_per_s"] = onnx_side.fp32.texts(texts, [tb], min_s=plan.point_s)[0].per_s
+    if native:
+        bf16 = bare.OpenVinoBare(model_dir, export, "bf16")
+        out["bf16_images_per_s"] = bf16.images([ib], min_s=plan.point_s)[0].per_s
+        out["bf16_short_texts_per_s"] = bf16.texts(texts, [tb], min_s=plan.point_s)[0].per_s
+        rng = np.random.default_rng(1)
+        pixels = rng.standard_normal((8, 3, 224, 224), dtype=np.float32)
+        ids, mask = onnx_side.fp32.token_batch(texts, len(texts))
+        out["bf16_images_min_cosine_vs_float32"] = float(
+            bare.cosines(bf16.image_vectors(pixels), onnx_side.fp32.image_vectors(pixels)).min()
+        )
+        out["bf16_texts_min_cosine_vs_float32"] = float(
+            bare.cosines(bf16.text_vectors(ids, mask), onnx_side.fp32.text_vectors(ids, mask)).min()
+        )
+    return out
 
 
 def _points(points: Sequence[bare.Point]) -> list[dict[str, float]]:
@@ -593,6 +630,24 @@ def verdict(r: dict[str, Any], weights_mib: float) -> list[Row]:
                 ["onnx_text_c16"],
             ),
         ]
+        ov = r.get("openvino", {})
+        if "bf16_images_per_s" in ov:  # measured side by side in the sweep, not in the rounds
+            rows += [
+                row(
+                    "bare images/s, OpenVINO bfloat16 / ONNX Runtime",
+                    ">= 1",
+                    [ov["bf16_images_per_s"]],
+                    [ov["onnxruntime_images_per_s"]],
+                    [],
+                ),
+                row(
+                    "bare short texts/s, OpenVINO bf16 / ONNX Runtime",
+                    ">= 1",
+                    [ov["bf16_short_texts_per_s"]],
+                    [ov["onnxruntime_short_texts_per_s"]],
+                    [],
+                ),
+            ]
         peak = r["peak_rss_after_rounds_mib"]
         rows.append(
             row(
@@ -656,6 +711,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--no-naive", action="store_true", help="skip the naive baseline server")
     parser.add_argument("--no-reduced", action="store_true", help="skip the bfloat16/float16 server")
     parser.add_argument("--no-onnx", action="store_true", help="skip the ONNX backend (bare, parity, int8, server)")
+    parser.add_argument("--no-openvino", action="store_true", help="skip OpenVINO's bare figures beside ONNX Runtime")
     args = parser.parse_args(argv)
     plan = Plan.quick() if args.quick else Plan()
     rounds = 1 if args.quick else args.rounds
@@ -688,6 +744,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     onnx_side = None
     if not args.no_onnx:
         results["onnx"], onnx_side = sweep_onnx(args.model, model_dir, jpegs, side, plan)
+        if not args.no_openvino:
+            results["openvino"] = sweep_openvino(model_dir, onnx_side, plan)
     workdir = Path(tempfile.mkdtemp(prefix="clipgate-bench-"))
     log(f"starting the servers; their logs are in {workdir}")
     with contextlib.ExitStack() as stack:
@@ -793,6 +851,22 @@ def onnx_summary(r: dict[str, Any]) -> list[str]:
         + ", ".join(f"{k} {v:.5f}" for k, v in sorted(q["probe_parity"].items()))
         + f"; floor {q['floor']})",
     ]
+    ov = r.get("openvino")
+    if ov is not None:
+        line = (
+            f"bare OpenVINO beside ONNX Runtime float32: images/s at batch {ov['image_batch']}: ONNX Runtime "
+            f"{ov['onnxruntime_images_per_s']:.1f}, OpenVINO float32 {ov['f32_images_per_s']:.1f}"
+        )
+        if ov["native_bf16"]:
+            line += (
+                f", bfloat16 {ov['bf16_images_per_s']:.1f}; short texts/s at batch {ov['text_batch']}: ONNX Runtime "
+                f"{ov['onnxruntime_short_texts_per_s']:.0f}, OpenVINO bfloat16 {ov['bf16_short_texts_per_s']:.0f}; "
+                f"bfloat16 min cosine to float32: images {ov['bf16_images_min_cosine_vs_float32']:.5f}, texts "
+                f"{ov['bf16_texts_min_cosine_vs_float32']:.5f}"
+            )
+        else:
+            line += "; no native bfloat16 on this CPU, so no OpenVINO bfloat16 figures"
+        lines.append(line)
     if "peak_rss_after_rounds_mib" in r:
         peak = r["peak_rss_after_rounds_mib"]
         lines.append(f"peak RSS after the rounds, MiB: torch server {peak['torch']}, ONNX server {peak['onnx']}")

@@ -145,6 +145,29 @@ class OnnxBare:
         ]
 
 
+class OpenVinoBare(OnnxBare):
+    """The same export compiled by OpenVINO for the CPU at `hint` precision (f32 or bf16), with
+    the openvino backend's options."""
+
+    def __init__(self, model_dir: Path, export: Any, hint: str) -> None:
+        import openvino as ov
+
+        from clipgate.backends import openvino as ov_backend
+
+        core = ov.Core()
+        options = ov_backend.compile_options(hint, 0)
+        self.text = core.compile_model(str(export.text), "CPU", options).create_infer_request()
+        self.vision = core.compile_model(str(export.vision), "CPU", options).create_infer_request()
+        self.tokenizer, self.pad_id = load_tokenizer(model_dir)
+        self.tokenizer.no_padding()
+
+    def image_vectors(self, pixels: Array) -> Array:
+        return np.array(self.vision.infer({"pixel_values": pixels})[0], copy=True)
+
+    def text_vectors(self, ids: NDArray[np.int64], mask: NDArray[np.int64]) -> Array:
+        return np.array(self.text.infer({"input_ids": ids, "attention_mask": mask})[0], copy=True)
+
+
 def best(points: Sequence[Point]) -> Point:
     return max(points, key=lambda p: p.per_s)
 

@@ -88,7 +88,11 @@ def test_make_bench_quick_runs_every_phase_and_writes_its_figures(
     # this run checks; tests/test_bench_honesty.py covers the decision itself).
     bf16 = cpu.native_bf16(cpu.read_cpuinfo())
     measures = [row["measure"] for row in figures["verdict"]]
-    assert len(measures) == (16 if bf16 else 15), measures
+    import openvino as ov
+
+    ov_bf16 = "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    assert len(measures) == 15 + bf16 + 2 * ov_bf16, measures
+    assert ("bare images/s, OpenVINO bfloat16 / ONNX Runtime" in measures) is ov_bf16
     assert "short texts/s c16, metrics on / off" in measures
     assert ("images/s c16, bfloat16 / float32 server" in measures) is bf16
     assert "ONNX images/s c16 / torch bare best batch" in measures
@@ -137,6 +141,7 @@ def test_make_bench_quick_runs_every_phase_and_writes_its_figures(
     assert onnx["int8"]["images_min_cosine_vs_float32"] >= onnx["int8"]["floor"]
     assert set(figures["peak_rss_after_rounds_mib"]) == {"torch", "onnx"}
     assert "bare ONNX float32, images/s by batch" in done.stdout and "bare ONNX int8" in done.stdout
+    assert figures["openvino"]["f32_images_per_s"] > 0 and "bare OpenVINO beside ONNX Runtime" in done.stdout
 
 
 def test_make_soak_short_run_passes_and_reports(cache_dir: Path, tiny_dir: Path, tmp_path: Path) -> None:
