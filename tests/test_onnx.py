@@ -275,6 +275,14 @@ def test_model_settings_are_checked(changes: dict[str, Any], message: str) -> No
         ModelConfig(**changes)
 
 
+def test_a_backend_whose_extra_is_not_installed_says_which_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    from clipgate import engine
+
+    monkeypatch.setitem(engine.BACKENDS, "onnx", "clipgate.backends.not_installed")
+    with pytest.raises(ModelLoadError, match=r"pip install 'clipgate\[onnx\]'"):
+        engine.backend(ModelConfig(backend="onnx"))
+
+
 def test_the_onnx_backend_runs_float32_only(tiny_dir: Path) -> None:
     with pytest.raises(ModelLoadError, match="runs float32"):
         load_model(ModelConfig(id="random:tiny", backend="onnx", device="cpu", dtype="bfloat16"))
