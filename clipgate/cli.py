@@ -1,5 +1,6 @@
 """`clipgate serve ...`: flags -> config -> a check that the model can be had -> uvicorn -> the app.
-`clipgate config ...` prints the configuration those flags, the file and the environment make."""
+`clipgate config ...` prints the configuration those flags, the file and the environment make.
+`clipgate export ...` makes the ONNX export that `model.backend = "onnx"` serves, ahead of time."""
 
 from __future__ import annotations
 
@@ -10,9 +11,10 @@ import json
 import os
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from clipgate import __version__
-from clipgate.config import DTYPES, SECTIONS, Config, ConfigError, check_device
+from clipgate.config import DTYPES, QUANTIZE, SECTIONS, Config, ConfigError, check_device
 
 
 def _device(value: str) -> str:
@@ -28,7 +30,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser("serve", help="run the gateway")
     show = commands.add_parser("config", help="print the effective configuration (file, environment, flags)")
-    for command in (serve, show):
+    export = commands.add_parser(
+        "export",
+        help="export the model to ONNX for model.backend = onnx, ahead of time (container images, air-gapped sites)",
+    )
+    export.add_argument(
+        "--quantize", choices=QUANTIZE, help="also make the int8 copy (model.quantize = int8) and print its parity"
+    )
+    for command in (serve, show, export):
         command.add_argument("--config", help="a TOML file (configs/default.toml); CLIPGATE_* variables override it")
         command.add_argument("--model", help="a Hugging Face id, a checkpoint folder, random:tiny or random:base")
         command.add_argument("--host", help="address to listen on (default 127.0.0.1)")
@@ -41,6 +50,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def apply_flags(config: Config, args: argparse.Namespace) -> Config:
     server = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
     model = {k: v for k, v in (("id", args.model), ("device", args.device), ("dtype", args.dtype)) if v is not None}
+    if args.command == "export":  # what is exported is the onnx backend's, whatever the config serves
+        model |= {"backend": "onnx", "quantize": getattr(args, "quantize", None) or config.model.quantize}
     if server:
         config = config.replace("server", **server)
     if model:
@@ -60,7 +71,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "config":
         print(config_toml(config), end="")
         return 0
+    if args.command == "export":
+        return export(config)
     return serve(config)
+
+
+def export(config: Config) -> int:
+    """Make (or find) the ONNX export of `config.model` and print its folder; exit 2 if it cannot be had."""
+    from clipgate.engine import Checkpoint, ModelLoadError, backend, resolve_checkpoint
+    from clipgate.logs import configure_logging
+
+    configure_logging(config.server)
+    try:
+        onnx: Any = backend(config.model)
+        checkpoint = Checkpoint.read(resolve_checkpoint(config.model), config.model.id)
+        card = checkpoint.card(config.model, device="cpu", dtype="float32")
+        made = onnx.ensure_export(checkpoint, card.image_size, "none")
+        print(f"{config.model.id}: ONNX export (float32) in {made.folder}")
+        if config.model.quantize == "int8":
+            made = onnx.ensure_export(checkpoint, card.image_size, "int8")
+            parity = ", ".join(f"{k} {v}" for k, v in sorted(made.info()["parity"].items()))
+            print(f"{config.model.id}: ONNX export (int8) in {made.folder}; parity to float32: {parity}")
+    except ModelLoadError as exc:
+        print(f"clipgate: {exc}", file=sys.stderr)
+        return 2
+    return 0
 
 
 def config_toml(config: Config) -> str:

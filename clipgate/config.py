@@ -34,7 +34,8 @@ def _require(ok: bool, key: str, rule: str, value: object) -> None:
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
 LOG_FORMATS = ("auto", "text", "json")
 DTYPES = ("auto", "float32", "float16", "bfloat16")
-BACKENDS = ("torch",)
+BACKENDS = ("torch", "onnx", "openvino")
+QUANTIZE = ("none", "int8")
 _DEVICE = re.compile(r"auto|cpu|cuda(:[0-9]+)?")
 
 
@@ -97,6 +98,8 @@ class ModelConfig:
     allow_download: bool = True
     download_timeout_s: float = 10.0
     torch_threads: int = 0
+    quantize: str = "none"
+    int8_min_cosine: float = 0.99
 
     def __post_init__(self) -> None:
         check_device(self.device)
@@ -104,6 +107,14 @@ class ModelConfig:
         _require(self.backend in BACKENDS, "model.backend", f"must be one of {', '.join(BACKENDS)}", self.backend)
         _require(self.download_timeout_s > 0, "model.download_timeout_s", "must be positive", self.download_timeout_s)
         _require(self.torch_threads >= 0, "model.torch_threads", "must be 0 (automatic) or more", self.torch_threads)
+        _require(self.quantize in QUANTIZE, "model.quantize", f"must be one of {', '.join(QUANTIZE)}", self.quantize)
+        _require(
+            self.quantize == "none" or self.backend == "onnx",
+            "model.quantize",
+            'applies to model.backend = "onnx" only (torch and openvino run unquantized)',
+            self.quantize,
+        )
+        _require(0 < self.int8_min_cosine <= 1, "model.int8_min_cosine", "must be in (0, 1]", self.int8_min_cosine)
 
 
 @dataclass(frozen=True)

@@ -50,7 +50,11 @@ KNOWN_ALIASES = {
 TOKENIZE_CHUNK = 64
 
 # model.backend -> the module under clipgate/backends/ that implements it (imported on demand).
-BACKENDS = {"torch": "clipgate.backends.torch"}
+BACKENDS = {
+    "torch": "clipgate.backends.torch",
+    "onnx": "clipgate.backends.onnx",
+    "openvino": "clipgate.backends.openvino",
+}
 
 
 class ModelLoadError(RuntimeError):
@@ -84,9 +88,22 @@ class Backend(Protocol):
     def load(self, checkpoint: Checkpoint, cfg: ModelConfig) -> Encoder: ...
 
 
+# model.backend -> the optional dependency (pyproject extra) it needs, where it needs one
+EXTRAS = {"onnx": "onnx", "openvino": "openvino"}
+
+
 def backend(cfg: ModelConfig) -> Backend:
-    """The module that implements `cfg.backend` (config validation names the known ones)."""
-    module: Any = importlib.import_module(BACKENDS[cfg.backend])
+    """The module that implements `cfg.backend` (config validation names the known ones).
+    Raises ModelLoadError when its libraries are not installed."""
+    try:
+        module: Any = importlib.import_module(BACKENDS[cfg.backend])
+    except ImportError as exc:
+        extra = EXTRAS.get(cfg.backend)
+        if extra is None:
+            raise
+        raise ModelLoadError(
+            f"model.backend = {cfg.backend} needs pip install 'clipgate[{extra}]' (cannot import {exc.name})"
+        ) from exc
     return module  # type: ignore[no-any-return]
 
 

@@ -197,6 +197,41 @@ def test_one_refusal_in_a_phase_fails_every_row_built_on_it_even_when_the_ratio_
     assert rows["images/s c16, base64 JSON / bare best batch"].ratio >= 0.85  # met, and still NO
 
 
+def _with_onnx(**overrides: Any) -> dict[str, Any]:
+    results = _results()
+    onnx_round = {
+        "onnx_image_c1": _summary({200: 15}, 0.03, 1.0),
+        "onnx_image_json_c16": _summary({200: 420}, 0.2, 6.0),  # 70 images/s
+        "onnx_text_c16": _summary({200: 6500}, 0.02, 5.0),  # 1300 texts/s
+        "onnx_bare_images_per_s": 75.0,
+        "onnx_bare_short_texts_per_s": 1600.0,
+    }
+    results["rounds"][0].update(onnx_round, **overrides)
+    results["peak_rss_after_rounds_mib"] = {"torch": 1000.0, "onnx": 700.0}
+    return results
+
+
+def test_the_onnx_rows_compare_with_torch_bare_and_their_own_bare() -> None:
+    rows = _rows_by_name(_with_onnx())
+    assert len(rows) == 15 and all(row.ok for row in rows.values()), table(list(rows.values()))
+    images = rows["ONNX images/s c16 / torch bare best batch"]
+    assert (images.ours, images.versus, images.target) == (70.0, 52.0, ">= 1.3")
+    latency = rows["ONNX p50 ms, one image c1 / torch server's"]
+    assert latency.target == "<= 0.6" and latency.ratio == pytest.approx(30 / 55)
+    assert rows["ONNX short texts/s c16 / ONNX bare best batch"].versus == 1600.0
+    assert rows["peak RSS MiB after the rounds, ONNX / torch server"].ratio == pytest.approx(0.7)
+
+
+def test_an_onnx_phase_with_refusals_fails_its_rows_and_not_torchs() -> None:
+    rows = _rows_by_name(_with_onnx(onnx_text_c16=_summary({200: 4000, 503: 2}, 0.02, 5.0)))
+    failed = {name for name, row in rows.items() if not row.ok}
+    assert failed == {
+        "ONNX short texts/s c16 / torch bare best batch",
+        "ONNX short texts/s c16 / ONNX bare best batch",
+        "peak RSS MiB after the rounds, ONNX / torch server",
+    }
+
+
 def test_a_failed_phase_names_its_round() -> None:
     results = _results()
     second = dict(results["rounds"][0], text_c16=_summary({200: 10}, 0.02, 5.0, bad_bodies=3))

@@ -77,7 +77,9 @@ def test_environment_overrides_with_types() -> None:
         pytest.param("[server]\nmax_json_depth = 0\n", {}, "server.max_json_depth", id="no-json-depth"),
         pytest.param("[batching]\nmax_wait_incoming_ms = -5\n", {}, "max_wait_incoming_ms", id="negative-incoming"),
         pytest.param("[model]\ndevice = 'cudax'\n", {}, "model.device", id="device-cuda-suffix"),
-        pytest.param("[model]\nbackend = 'onnx'\n", {}, "model.backend must be one of torch", id="backend"),
+        pytest.param(
+            "[model]\nbackend = 'tensorrt'\n", {}, "model.backend must be one of torch, onnx, openvino", id="backend"
+        ),
         pytest.param("[roboflow]\nkey = ['k']\n", {}, "unknown config key roboflow.key", id="protocol-key-typo"),
         pytest.param(
             "[roboflw]\n", {}, r"unknown config section \[roboflw\]; the known sections are: .*roboflow", id="table"

@@ -17,7 +17,7 @@ import adapters
 ROOT = Path(__file__).resolve().parent.parent
 CORE = sorted(p.name for p in (ROOT / "clipgate").glob("*.py"))
 ADAPTERS = sorted(p.name for p in (ROOT / "adapters").glob("*.py"))
-TENSOR_LIBRARIES = ("torch", "transformers", "onnxruntime")
+TENSOR_LIBRARIES = ("torch", "transformers", "onnxruntime", "openvino")
 
 
 def _module_level(tree: ast.Module) -> list[ast.AST]:

@@ -11,6 +11,9 @@
 4. `clipgate serve` with the reduced dtype (bfloat16 on CPU, float16 on CUDA) under the image load.
    On a CPU without native bfloat16 (no AVX512-BF16, no AMX) the bfloat16 parts are skipped, with
    a note: they would measure an emulation.
+5. The ONNX backend beside torch: its bare sweep in ONNX Runtime (same batch sizes), its parity to
+   torch and that of its int8 copy to float32, and `clipgate serve` with `model.backend = onnx`
+   under the same loads, in the same rounds; peak resident memory of both servers after them.
 
 Every figure is taken in this one run, so ratios compare like with like on a noisy machine.
 Throughput and latency count only successful answers (200 with a good body); a phase with any
@@ -61,7 +64,7 @@ class Plan:
     point_s: float = 1.5
     latency_images: int = 15  # per round
     latency_texts: int = 40
-    image_load_s: float = 7.0
+    image_load_s: float = 6.0
     text_load_s: float = 5.0
     soak_requests: int = 2000
     soak_max_s: float = 60.0  # the soak stops here even if its requests are not all answered
@@ -86,11 +89,13 @@ class Plan:
     def nominal_s(self, rounds: int) -> float:
         """The timed windows of a run with every server, in seconds: a floor under its length
         that leaves most of the budget for model loads, warm-ups and the count-bound phases."""
-        sweep = self.point_s * (
-            len(self.image_batches) + len(self.text_batches) + len(self.long_text_batches) + len(self.reduced_batches)
-        )
+        torch_sweep = len(self.image_batches) + len(self.text_batches) + len(self.long_text_batches)
+        onnx_sweep = len(self.image_batches) + len(self.text_batches) + 2  # + int8 at the best batches
+        openvino = 5  # ONNX Runtime again, OpenVINO float32 and bfloat16 images; the same, less float32, texts
+        sweep = self.point_s * (torch_sweep + len(self.reduced_batches) + onnx_sweep + openvino)
         per_round = 4 * self.point_s + 4 * self.image_load_s + 2 * self.text_load_s
-        return sweep + rounds * per_round + self.soak_max_s
+        onnx_round = 2 * self.point_s + self.image_load_s + self.text_load_s
+        return sweep + rounds * (per_round + onnx_round) + self.soak_max_s
 
 
 def log(message: str) -> None:
@@ -217,6 +222,115 @@ def sweep_bare(
     return results, side
 
 
+@dataclass
+class OnnxSide:
+    """The ONNX export in ONNX Runtime, kept like `BareSide` for the rounds."""
+
+    fp32: bare.OnnxBare
+    best_image_batch: int
+    best_text_batch: int
+
+
+def sweep_onnx(
+    model_id: str, model_dir: Path, jpegs: Sequence[bytes], torch_side: BareSide, plan: Plan
+) -> tuple[dict[str, Any], OnnxSide]:
+    """The export (made or found), the ONNX Runtime sweep, parity to torch, and the int8 copy:
+    its parity to float32 and its speed at the float32 best batches."""
+    from clipgate.backends import onnx as onnx_backend
+    from clipgate.config import ImagesConfig
+    from clipgate.engine import Checkpoint
+    from clipgate.images import decode_image
+
+    results: dict[str, Any] = {}
+    checkpoint = Checkpoint.read(model_dir, model_id)
+    transform = ImageTransform.from_processor_config(checkpoint.processor)
+    for quantize in ("none", "int8"):
+        cached = onnx_backend.find_export(model_dir, quantize) is not None
+        log(f"ONNX export ({quantize}): {'cached' if cached else 'making it (once per checkpoint)'}")
+        started = time.perf_counter()
+        export = onnx_backend.ensure_export(checkpoint, transform.crop_height, quantize)
+        results[f"export_{quantize}"] = {
+            "folder": str(export.folder),
+            "cached": cached,
+            "seconds": round(time.perf_counter() - started, 1),
+        }
+    fp32_export = onnx_backend.ensure_export(checkpoint, transform.crop_height)
+    log("bare ONNX Runtime, float32: images and short texts by batch size")
+    model = bare.OnnxBare(model_dir, fp32_export)
+    images = model.images(plan.image_batches, min_s=plan.point_s)
+    short = model.texts(workload.SHORT_TEXTS, plan.text_batches, min_s=plan.point_s)
+    results["float32_sweep"] = {"images": _points(images), "short_texts": _points(short)}
+    results["best_batch"] = {"images": bare.best(images).batch, "short_texts": bare.best(short).batch}
+    log("parity: ONNX against torch, int8 against float32 (the bench's JPEGs and short texts)")
+    limits = ImagesConfig()
+    pixels = np.stack([transform(decode_image(j, limits)) for j in jpegs])
+    ids, mask = model.token_batch(workload.SHORT_TEXTS, len(workload.SHORT_TEXTS))
+    onnx_images, onnx_texts = model.image_vectors(pixels), model.text_vectors(ids, mask)
+    torch_images = torch_side.fp32.image_vectors(pixels)
+    import torch
+
+    # Padding follows the end token, which CLIP pools at under a causal mask: no mask needed here.
+    torch_texts = torch_side.fp32.text_vectors(torch.from_numpy(ids))
+    results["parity_to_torch"] = {
+        "images_min_cosine": float(bare.cosines(onnx_images, torch_images).min()),
+        "images_max_abs": float(np.abs(onnx_images - torch_images).max()),
+        "texts_min_cosine": float(bare.cosines(onnx_texts, torch_texts).min()),
+        "texts_max_abs": float(np.abs(onnx_texts - torch_texts).max()),
+    }
+    int8_export = onnx_backend.ensure_export(checkpoint, transform.crop_height, "int8")
+    int8 = bare.OnnxBare(model_dir, int8_export)
+    log("bare ONNX Runtime, int8: images and short texts at the float32 best batches")
+    int8_images = int8.images([results["best_batch"]["images"]], min_s=plan.point_s)
+    int8_texts = int8.texts(workload.SHORT_TEXTS, [results["best_batch"]["short_texts"]], min_s=plan.point_s)
+    results["int8"] = {
+        "images": _points(int8_images),
+        "short_texts": _points(int8_texts),
+        "images_min_cosine_vs_float32": float(bare.cosines(int8.image_vectors(pixels), onnx_images).min()),
+        "texts_min_cosine_vs_float32": float(bare.cosines(int8.text_vectors(ids, mask), onnx_texts).min()),
+        "probe_parity": int8_export.info().get("parity", {}),
+        "floor": ModelConfig().int8_min_cosine,
+    }
+    del int8
+    side = OnnxSide(model, results["best_batch"]["images"], results["best_batch"]["short_texts"])
+    return results, side
+
+
+def sweep_openvino(model_dir: Path, onnx_side: OnnxSide, plan: Plan) -> dict[str, Any]:
+    """OpenVINO on the same export beside ONNX Runtime, at ONNX Runtime's best batches: images in
+    float32 and bfloat16, short texts in bfloat16; bfloat16 only where the CPU has it natively.
+    The case for model.backend = openvino: it exists for the bfloat16 path."""
+    import openvino as ov
+
+    from clipgate.backends import onnx as onnx_backend
+
+    export = onnx_backend.find_export(model_dir)
+    assert export is not None  # sweep_onnx made it
+    native = "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    ib, tb = onnx_side.best_image_batch, onnx_side.best_text_batch
+    out: dict[str, Any] = {"image_batch": ib, "text_batch": tb, "native_bf16": native}
+    texts = workload.SHORT_TEXTS
+    log(f"bare OpenVINO beside ONNX Runtime: images at batch {ib}, short texts at batch {tb}")
+    out["onnxruntime_images_per_s"] = onnx_side.fp32.images([ib], min_s=plan.point_s)[0].per_s
+    f32 = bare.OpenVinoBare(model_dir, export, "f32")
+    out["f32_images_per_s"] = f32.images([ib], min_s=plan.point_s)[0].per_s
+    del f32
+    out["onnxruntime_short_texts_per_s"] = onnx_side.fp32.texts(texts, [tb], min_s=plan.point_s)[0].per_s
+    if native:
+        bf16 = bare.OpenVinoBare(model_dir, export, "bf16")
+        out["bf16_images_per_s"] = bf16.images([ib], min_s=plan.point_s)[0].per_s
+        out["bf16_short_texts_per_s"] = bf16.texts(texts, [tb], min_s=plan.point_s)[0].per_s
+        rng = np.random.default_rng(1)
+        pixels = rng.standard_normal((8, 3, 224, 224), dtype=np.float32)
+        ids, mask = onnx_side.fp32.token_batch(texts, len(texts))
+        out["bf16_images_min_cosine_vs_float32"] = float(
+            bare.cosines(bf16.image_vectors(pixels), onnx_side.fp32.image_vectors(pixels)).min()
+        )
+        out["bf16_texts_min_cosine_vs_float32"] = float(
+            bare.cosines(bf16.text_vectors(ids, mask), onnx_side.fp32.text_vectors(ids, mask)).min()
+        )
+    return out
+
+
 def _points(points: Sequence[bare.Point]) -> list[dict[str, float]]:
     return [{"batch": p.batch, "per_s": round(p.per_s, 2)} for p in points]
 
@@ -237,6 +351,7 @@ def one_round(
     reqs: Requests,
     plan: Plan,
     unmetered: servers.ServerProcess | None = None,
+    onnx: tuple[OnnxSide, servers.ServerProcess] | None = None,
 ) -> dict[str, Any]:
     """Each measure next to the one it is compared with, seconds apart, so a noisy neighbour
     slows both sides of a ratio alike."""
@@ -252,6 +367,13 @@ def one_round(
     out["text_c1"] = load(
         gate.port, reqs.short_text, concurrency=1, total=plan.latency_texts, warmup=4 * warm, check=check
     ).summary()
+    if onnx is not None:
+        out["onnx_image_c1"] = load(
+            onnx[1].port, reqs.image_json, concurrency=1, total=plan.latency_images, warmup=2 * warm, check=check
+        ).summary()
+        out["onnx_text_c1"] = load(
+            onnx[1].port, reqs.short_text, concurrency=1, total=plan.latency_texts, warmup=4 * warm, check=check
+        ).summary()
     log(f"round {n}: images, bare best batch then {CONCURRENCY} clients on each server")
     out["bare_images_per_s"] = side.fp32.images([side.best_image_batch], min_s=plan.point_s)[0].per_s
     out["image_json_c16"] = load(
@@ -274,6 +396,11 @@ def one_round(
             reduced.port, reqs.image_json, duration_s=plan.image_load_s, warmup=CONCURRENCY * warm, **c16
         ).summary()
         out["bare_reduced_images_per_s"] = side.reduced.images([side.best_reduced_batch], min_s=plan.point_s)[0].per_s
+    if onnx is not None:
+        out["onnx_bare_images_per_s"] = onnx[0].fp32.images([onnx[0].best_image_batch], min_s=plan.point_s)[0].per_s
+        out["onnx_image_json_c16"] = load(
+            onnx[1].port, reqs.image_json, duration_s=plan.image_load_s, warmup=CONCURRENCY * warm, **c16
+        ).summary()
     log(f"round {n}: short texts, bare best batch then {CONCURRENCY} clients on each server")
     out["bare_short_texts_per_s"] = side.fp32.texts(workload.SHORT_TEXTS, [side.best_text_batch], min_s=plan.point_s)[
         0
@@ -287,6 +414,13 @@ def one_round(
     if naive is not None:
         out["naive_text_c16"] = load(
             naive.port, reqs.short_text, duration_s=plan.text_load_s, warmup=CONCURRENCY * warm, **c16
+        ).summary()
+    if onnx is not None:
+        out["onnx_bare_short_texts_per_s"] = (
+            onnx[0].fp32.texts(workload.SHORT_TEXTS, [onnx[0].best_text_batch], min_s=plan.point_s)[0].per_s
+        )
+        out["onnx_text_c16"] = load(
+            onnx[1].port, reqs.short_text, duration_s=plan.text_load_s, warmup=4 * CONCURRENCY * warm, **c16
         ).summary()
     return out
 
@@ -458,6 +592,72 @@ def verdict(r: dict[str, Any], weights_mib: float) -> list[Row]:
                 ["reduced_image_json_c16", "image_json_c16"],
             )
         )
+    if "onnx_image_json_c16" in rounds[0]:
+        rows += [
+            row(
+                "ONNX images/s c16 / torch bare best batch",
+                ">= 1.3",
+                series("onnx_image_json_c16"),
+                series("bare_images_per_s"),
+                ["onnx_image_json_c16"],
+            ),
+            row(
+                "ONNX short texts/s c16 / torch bare best batch",
+                ">= 1.2",
+                series("onnx_text_c16"),
+                series("bare_short_texts_per_s"),
+                ["onnx_text_c16"],
+            ),
+            row(
+                "ONNX p50 ms, one image c1 / torch server's",
+                "<= 0.6",
+                series("onnx_image_c1", "p50_ms"),
+                series("image_c1", "p50_ms"),
+                ["onnx_image_c1", "image_c1"],
+            ),
+            row(
+                "ONNX images/s c16 / ONNX bare best batch",
+                ">= 0.85",
+                series("onnx_image_json_c16"),
+                series("onnx_bare_images_per_s"),
+                ["onnx_image_json_c16"],
+            ),
+            row(
+                "ONNX short texts/s c16 / ONNX bare best batch",
+                ">= 0.7",
+                series("onnx_text_c16"),
+                series("onnx_bare_short_texts_per_s"),
+                ["onnx_text_c16"],
+            ),
+        ]
+        ov = r.get("openvino", {})
+        if "bf16_images_per_s" in ov:  # measured side by side in the sweep, not in the rounds
+            rows += [
+                row(
+                    "bare images/s, OpenVINO bfloat16 / ONNX Runtime",
+                    ">= 1",
+                    [ov["bf16_images_per_s"]],
+                    [ov["onnxruntime_images_per_s"]],
+                    [],
+                ),
+                row(
+                    "bare short texts/s, OpenVINO bf16 / ONNX Runtime",
+                    ">= 1",
+                    [ov["bf16_short_texts_per_s"]],
+                    [ov["onnxruntime_short_texts_per_s"]],
+                    [],
+                ),
+            ]
+        peak = r["peak_rss_after_rounds_mib"]
+        rows.append(
+            row(
+                "peak RSS MiB after the rounds, ONNX / torch server",
+                "<= 1",
+                [peak["onnx"]],
+                [peak["torch"]],
+                ["onnx_image_json_c16", "onnx_text_c16", "image_json_c16", "text_c16"],
+            )
+        )
     soak = r["clipgate_soak"]
     rows.append(
         row(
@@ -510,6 +710,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="seconds, not minutes: checks the benchmark runs")
     parser.add_argument("--no-naive", action="store_true", help="skip the naive baseline server")
     parser.add_argument("--no-reduced", action="store_true", help="skip the bfloat16/float16 server")
+    parser.add_argument("--no-onnx", action="store_true", help="skip the ONNX backend (bare, parity, int8, server)")
+    parser.add_argument("--no-openvino", action="store_true", help="skip OpenVINO's bare figures beside ONNX Runtime")
     args = parser.parse_args(argv)
     plan = Plan.quick() if args.quick else Plan()
     rounds = 1 if args.quick else args.rounds
@@ -539,6 +741,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "notes": notes,
     }
     results["bare"], side = sweep_bare(model_dir, jpegs, args, plan, reduced_name, with_reduced=not skip_reduced)
+    onnx_side = None
+    if not args.no_onnx:
+        results["onnx"], onnx_side = sweep_onnx(args.model, model_dir, jpegs, side, plan)
+        if not args.no_openvino:
+            results["openvino"] = sweep_openvino(model_dir, onnx_side, plan)
     workdir = Path(tempfile.mkdtemp(prefix="clipgate-bench-"))
     log(f"starting the servers; their logs are in {workdir}")
     with contextlib.ExitStack() as stack:
@@ -565,7 +772,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"clipgate-{reduced_name}",
                 lambda port: servers.clipgate_argv(args.model, port, device=args.device, dtype=reduced_name),
             )
-        results["ready_s"] = {s.name: round(s.ready_s, 2) for s in (gate, naive, reduced, unmetered) if s is not None}
+        onnx_server = None
+        if onnx_side is not None:
+            onnx_server = start(
+                "clipgate-onnx",
+                lambda port: servers.clipgate_argv(args.model, port, device=args.device, dtype="float32"),
+                env={"CLIPGATE_MODEL_BACKEND": "onnx"},
+            )
+        onnx = None if onnx_side is None or onnx_server is None else (onnx_side, onnx_server)
+        started_servers = (gate, naive, reduced, unmetered, onnx_server)
+        results["ready_s"] = {s.name: round(s.ready_s, 2) for s in started_servers if s is not None}
         results["rounds"] = []
         longest_round_s = 0.0
         for n in range(1, rounds + 1):
@@ -578,9 +794,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                 log(f"note: {note}")
                 notes.append(note)
                 break
-            results["rounds"].append(one_round(n, side, gate, naive, reduced, reqs, plan, unmetered))
+            results["rounds"].append(one_round(n, side, gate, naive, reduced, reqs, plan, unmetered, onnx))
             longest_round_s = max(longest_round_s, time.perf_counter() - started - elapsed)
-        for other in (naive, reduced, unmetered):  # the soak has the machine to itself
+        if onnx_server is not None:  # both have served the same rounds
+            results["peak_rss_after_rounds_mib"] = {
+                name: round(servers.memory_kib(server.pid)["VmHWM"] / 1024, 1)
+                for name, server in (("torch", gate), ("onnx", onnx_server))
+            }
+        for other in (naive, reduced, unmetered, onnx_server):  # the soak has the machine to itself
             if other is not None:
                 other.__exit__()
         results["clipgate_soak"] = run_soak(gate, reqs, plan)
@@ -603,6 +824,53 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(table(rows))
     print(f"\nfigures in {args.out}; {results['elapsed_s']:.0f} s in all")
     return 0
+
+
+def onnx_summary(r: dict[str, Any]) -> list[str]:
+    o = r.get("onnx")
+    if o is None:
+        return []
+    by_batch = ", ".join
+    p, q = o["parity_to_torch"], o["int8"]
+    made = ", ".join(
+        f"{'float32' if kind == 'none' else kind} "
+        + ("cached" if o[f"export_{kind}"]["cached"] else f"made in {o[f'export_{kind}']['seconds']:.0f} s")
+        for kind in ("none", "int8")
+    )
+    lines = [
+        f"ONNX export (float32 / int8): {made}, in {o['export_none']['folder']}",
+        "bare ONNX float32, images/s by batch: "
+        + by_batch(f"{x['batch']}: {x['per_s']:.1f}" for x in o["float32_sweep"]["images"]),
+        "bare ONNX float32, short texts/s by batch: "
+        + by_batch(f"{x['batch']}: {x['per_s']:.0f}" for x in o["float32_sweep"]["short_texts"]),
+        f"ONNX to torch: images min cosine {p['images_min_cosine']:.7f}, max |diff| {p['images_max_abs']:.1e}; "
+        f"texts min cosine {p['texts_min_cosine']:.7f}, max |diff| {p['texts_max_abs']:.1e}",
+        f"bare ONNX int8: images/s {q['images'][0]['per_s']:.1f} at batch {q['images'][0]['batch']}, short texts/s "
+        f"{q['short_texts'][0]['per_s']:.0f} at batch {q['short_texts'][0]['batch']}; min cosine to float32: images "
+        f"{q['images_min_cosine_vs_float32']:.5f}, texts {q['texts_min_cosine_vs_float32']:.5f} (probe set: "
+        + ", ".join(f"{k} {v:.5f}" for k, v in sorted(q["probe_parity"].items()))
+        + f"; floor {q['floor']})",
+    ]
+    ov = r.get("openvino")
+    if ov is not None:
+        line = (
+            f"bare OpenVINO beside ONNX Runtime float32: images/s at batch {ov['image_batch']}: ONNX Runtime "
+            f"{ov['onnxruntime_images_per_s']:.1f}, OpenVINO float32 {ov['f32_images_per_s']:.1f}"
+        )
+        if ov["native_bf16"]:
+            line += (
+                f", bfloat16 {ov['bf16_images_per_s']:.1f}; short texts/s at batch {ov['text_batch']}: ONNX Runtime "
+                f"{ov['onnxruntime_short_texts_per_s']:.0f}, OpenVINO bfloat16 {ov['bf16_short_texts_per_s']:.0f}; "
+                f"bfloat16 min cosine to float32: images {ov['bf16_images_min_cosine_vs_float32']:.5f}, texts "
+                f"{ov['bf16_texts_min_cosine_vs_float32']:.5f}"
+            )
+        else:
+            line += "; no native bfloat16 on this CPU, so no OpenVINO bfloat16 figures"
+        lines.append(line)
+    if "peak_rss_after_rounds_mib" in r:
+        peak = r["peak_rss_after_rounds_mib"]
+        lines.append(f"peak RSS after the rounds, MiB: torch server {peak['torch']}, ONNX server {peak['onnx']}")
+    return lines
 
 
 def summary_text(r: dict[str, Any]) -> str:
@@ -631,6 +899,7 @@ def summary_text(r: dict[str, Any]) -> str:
         "transformers' processor {transformers_processor}".format(**b["decode_ms"]),
         "min cosine to transformers' processor: reduced decode "
         f"{b['parity']['reduced_decode_min_cosine']:.7f}, full decode {b['parity']['full_decode_min_cosine']:.7f}",
+        *onnx_summary(r),
         *(f"note: {note}" for note in r["notes"]),
         "",
         f"{'phase (medians over the rounds)':<28} {'ok/s':>8} {'p50 ms':>8} {'p99 ms':>8}  "

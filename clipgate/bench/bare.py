@@ -97,6 +97,77 @@ class BareModel:
         return points
 
 
+class OnnxBare:
+    """The ONNX export of the same checkpoint in ONNX Runtime, with the onnx backend's session
+    options, measured like `BareModel`: the ceiling of `model.backend = "onnx"`."""
+
+    def __init__(self, model_dir: Path, export: Any) -> None:
+        import onnxruntime as ort
+
+        from clipgate.backends import onnx as onnx_backend
+
+        options = onnx_backend.session_options(0)
+        self.text = ort.InferenceSession(str(export.text), options, providers=[onnx_backend.CPU])
+        self.vision = ort.InferenceSession(str(export.vision), options, providers=[onnx_backend.CPU])
+        self.tokenizer, self.pad_id = load_tokenizer(model_dir)
+        self.tokenizer.no_padding()
+
+    def image_vectors(self, pixels: Array) -> Array:
+        return np.asarray(self.vision.run(None, {"pixel_values": pixels})[0])
+
+    def text_vectors(self, ids: NDArray[np.int64], mask: NDArray[np.int64]) -> Array:
+        return np.asarray(self.text.run(None, {"input_ids": ids, "attention_mask": mask})[0])
+
+    def images(self, batches: Sequence[int], *, min_s: float) -> list[Point]:
+        rng = np.random.default_rng(0)
+        points = []
+        for b in batches:
+            pixels = rng.standard_normal((b, 3, 224, 224), dtype=np.float32)
+            points.append(Point(b, timed(functools.partial(self.image_vectors, pixels), min_s=min_s)))
+        return points
+
+    def token_batch(self, texts: Sequence[str], b: int) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
+        """`b` rows of copies of `texts`, padded to the longest, and the mask."""
+        rows = [enc.ids for enc in self.tokenizer.encode_batch(list(texts))]
+        chosen = [rows[i % len(rows)] for i in range(b)]
+        width = max(len(r) for r in chosen)
+        ids = np.full((b, width), self.pad_id, dtype=np.int64)
+        mask = np.zeros((b, width), dtype=np.int64)
+        for i, r in enumerate(chosen):
+            ids[i, : len(r)], mask[i, : len(r)] = r, 1
+        return ids, mask
+
+    def texts(self, texts: Sequence[str], batches: Sequence[int], *, min_s: float) -> list[Point]:
+        """As `BareModel.texts`, with the attention mask the onnx backend is always given."""
+        return [
+            Point(b, timed(functools.partial(self.text_vectors, *self.token_batch(texts, b)), min_s=min_s))
+            for b in batches
+        ]
+
+
+class OpenVinoBare(OnnxBare):
+    """The same export compiled by OpenVINO for the CPU at `hint` precision (f32 or bf16), with
+    the openvino backend's options."""
+
+    def __init__(self, model_dir: Path, export: Any, hint: str) -> None:
+        import openvino as ov
+
+        from clipgate.backends import openvino as ov_backend
+
+        core = ov.Core()
+        options = ov_backend.compile_options(hint, 0)
+        self.text = core.compile_model(str(export.text), "CPU", options).create_infer_request()
+        self.vision = core.compile_model(str(export.vision), "CPU", options).create_infer_request()
+        self.tokenizer, self.pad_id = load_tokenizer(model_dir)
+        self.tokenizer.no_padding()
+
+    def image_vectors(self, pixels: Array) -> Array:
+        return np.array(self.vision.infer({"pixel_values": pixels})[0], copy=True)
+
+    def text_vectors(self, ids: NDArray[np.int64], mask: NDArray[np.int64]) -> Array:
+        return np.array(self.text.infer({"input_ids": ids, "attention_mask": mask})[0], copy=True)
+
+
 def best(points: Sequence[Point]) -> Point:
     return max(points, key=lambda p: p.per_s)
 

@@ -88,9 +88,15 @@ def test_make_bench_quick_runs_every_phase_and_writes_its_figures(
     # this run checks; tests/test_bench_honesty.py covers the decision itself).
     bf16 = cpu.native_bf16(cpu.read_cpuinfo())
     measures = [row["measure"] for row in figures["verdict"]]
-    assert len(measures) == (10 if bf16 else 9), measures
+    import openvino as ov
+
+    ov_bf16 = "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    assert len(measures) == 15 + bf16 + 2 * ov_bf16, measures
+    assert ("bare images/s, OpenVINO bfloat16 / ONNX Runtime" in measures) is ov_bf16
     assert "short texts/s c16, metrics on / off" in measures
     assert ("images/s c16, bfloat16 / float32 server" in measures) is bf16
+    assert "ONNX images/s c16 / torch bare best batch" in measures
+    assert "peak RSS MiB after the rounds, ONNX / torch server" in measures
     assert all(row["why"] == [] for row in figures["verdict"]), figures["verdict"]
     assert "ratio" in done.stdout and "p50 ms, one image c1" in done.stdout
     if bf16:
@@ -110,12 +116,17 @@ def test_make_bench_quick_runs_every_phase_and_writes_its_figures(
         "text_c16",
         "unmetered_text_c16",
         "naive_text_c16",
+        "onnx_image_c1",
+        "onnx_text_c1",
+        "onnx_image_json_c16",
+        "onnx_text_c16",
     } | ({"reduced_image_json_c16"} if bf16 else set())
     for phase, summary in loads.items():
         assert set(summary["statuses"]) == {"200"}, (phase, summary)
         assert summary["succeeded"] == summary["answered"] > 0 and summary["per_s"] > 0, (phase, summary)
         assert summary["problems"] == [] and not summary["failures"] and not summary["bad_bodies"], (phase, summary)
     bares = ["bare_image_b1_per_s", "bare_images_per_s", "bare_short_texts_per_s"]
+    bares += ["onnx_bare_images_per_s", "onnx_bare_short_texts_per_s"]
     for bare in bares + (["bare_reduced_images_per_s"] if bf16 else []):
         assert one_round[bare] > 0
     assert ("bare_reduced_images_per_s" in one_round) is bf16
@@ -125,6 +136,12 @@ def test_make_bench_quick_runs_every_phase_and_writes_its_figures(
     # the peak VmHWM read later: a mebibyte of slack.
     assert soak["peak_rss_mib"] >= soak["rss_before_mib"] - 1 > 0
     assert figures["bare"]["parity"]["reduced_decode_min_cosine"] > 0.9999
+    onnx = figures["onnx"]
+    assert onnx["parity_to_torch"]["images_min_cosine"] >= 0.99999 and onnx["parity_to_torch"]["texts_max_abs"] <= 1e-4
+    assert onnx["int8"]["images_min_cosine_vs_float32"] >= onnx["int8"]["floor"]
+    assert set(figures["peak_rss_after_rounds_mib"]) == {"torch", "onnx"}
+    assert "bare ONNX float32, images/s by batch" in done.stdout and "bare ONNX int8" in done.stdout
+    assert figures["openvino"]["f32_images_per_s"] > 0 and "bare OpenVINO beside ONNX Runtime" in done.stdout
 
 
 def test_make_soak_short_run_passes_and_reports(cache_dir: Path, tiny_dir: Path, tmp_path: Path) -> None:
