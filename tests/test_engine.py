@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -143,6 +144,25 @@ def test_text_batch_equals_each_text_alone(model: Model) -> None:
         alone = model.embed_texts([row])[0]
         assert cosine(batch[i], alone) >= TEXT_MIN_COSINE
         np.testing.assert_allclose(batch[i], alone, rtol=0, atol=1e-4)
+
+
+def test_text_batch_without_its_mask_is_the_same_to_the_bit(model: Model) -> None:
+    """The torch backend leaves out the attention mask of a batch padded at the end (CLIP's text
+    tower is causal and pools at the end token): the vectors are those with the mask, exactly.
+    A mask that is not trailing padding is still given to the model."""
+    ids, mask = model.preprocessor.collate_texts(model.preprocessor.tokenize(TEXTS))
+    assert (mask == 0).any()  # the batch really is padded
+    tower: Any = model.encoder.model  # type: ignore[attr-defined]
+    with torch.inference_mode():
+        masked = tower.get_text_features(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask))
+    assert np.array_equal(model.encoder.embed_texts(ids, mask), masked.pooler_output.numpy())
+    holes = mask.copy()
+    holes[:, 1] = 0  # masks the first word of every row: not padding, so it must change the vectors
+    with torch.inference_mode():
+        want = tower.get_text_features(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(holes))
+    got = model.encoder.embed_texts(ids, holes)
+    assert np.array_equal(got, want.pooler_output.numpy())
+    assert not np.allclose(got, model.encoder.embed_texts(ids, mask), atol=1e-4)
 
 
 def test_text_embeddings_match_reference(model: Model, ref: Reference) -> None:

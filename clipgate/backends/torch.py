@@ -73,9 +73,16 @@ class TorchEncoder:
 
     @torch.inference_mode()
     def embed_texts(self, ids: TokenIds, mask: TokenIds) -> Vectors:
-        out = self.model.get_text_features(  # type: ignore[operator]
-            input_ids=torch.from_numpy(ids).to(self._device), attention_mask=torch.from_numpy(mask).to(self._device)
-        )
+        input_ids = torch.from_numpy(ids).to(self._device)
+        if _padded_at_the_end(mask):
+            # CLIP's text tower is causal and pools at each row's end token, so padding after it
+            # never reaches the vector: the mask changes nothing (tested to the bit), and without
+            # it attention takes the causal fast path instead of building a 4-D mask per batch
+            # (measured: a batch of 16 short texts ~10% faster on 2 CPU cores).
+            out = self.model.get_text_features(input_ids=input_ids)  # type: ignore[operator]
+        else:
+            attention_mask = torch.from_numpy(mask).to(self._device)
+            out = self.model.get_text_features(input_ids=input_ids, attention_mask=attention_mask)  # type: ignore[operator]
         return _to_numpy(out)
 
     @torch.inference_mode()
@@ -95,6 +102,11 @@ class TorchEncoder:
         if self._device.type == "cuda" and not torch.cuda.is_available():
             return "the CUDA device is gone"
         return None
+
+
+def _padded_at_the_end(mask: TokenIds) -> bool:
+    """Whether every row is its tokens followed only by padding (the engine's collation)."""
+    return bool((mask[:, :-1] >= mask[:, 1:]).all())
 
 
 def _to_numpy(out: object) -> Vectors:
