@@ -8,6 +8,7 @@ import argparse
 import dataclasses
 import functools
 import json
+import math
 import os
 import sys
 from collections.abc import Sequence
@@ -15,6 +16,9 @@ from typing import Any
 
 from clipgate import __version__
 from clipgate.config import DTYPES, QUANTIZE, SECTIONS, Config, ConfigError, check_device
+
+# How long past server.request_timeout_s a graceful shutdown waits for requests in flight.
+SHUTDOWN_MARGIN_S = 5
 
 
 def _device(value: str) -> str:
@@ -159,7 +163,8 @@ def serve(config: Config) -> int:
             log_level=config.server.log_level,
             access_log=False,  # clipgate writes its own access line (clipgate.logs)
             lifespan="on",
-            timeout_graceful_shutdown=30,
+            # a request in flight at SIGTERM may take its whole deadline; then uvicorn cancels it
+            timeout_graceful_shutdown=math.ceil(config.server.request_timeout_s) + SHUTDOWN_MARGIN_S,
         )
     )
     server.run()

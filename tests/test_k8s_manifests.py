@@ -13,6 +13,7 @@ import yaml
 
 from clipgate import probes
 from clipgate.app import load_app_config
+from clipgate.cli import SHUTDOWN_MARGIN_S
 from clipgate.config import Config
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -108,7 +109,8 @@ def test_the_grace_period_covers_the_drain(
     server = config.server
     assert server.drain_grace_s > 0, "set CLIPGATE_SERVER_DRAIN_GRACE_S: the default 0 closes the listener at once"
     grace = deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
-    assert grace >= server.drain_grace_s + server.request_timeout_s
+    # clipgate serve waits request_timeout_s + SHUTDOWN_MARGIN_S for requests in flight
+    assert grace >= server.drain_grace_s + server.request_timeout_s + SHUTDOWN_MARGIN_S
     # The pod leaves the Service's endpoints (readiness fails) before the listener closes.
     readiness = container["readinessProbe"]
     assert server.drain_grace_s >= readiness["periodSeconds"] * readiness["failureThreshold"]
