@@ -52,15 +52,18 @@ soak: $(STAMP)
 # from; with no registry, BASE=$$(configs/image/local-base.sh) makes one with mmdebstrap. The build
 # uses the host's pip configuration (CA bundle, local wheel folders): see configs/image/build.sh.
 BASE ?= docker.io/library/debian:bookworm-slim
+# EXTRAS: extras of pyproject.toml the image installs too, e.g. make image-cuda EXTRAS=ray (Ray Serve,
+# for configs/k8s/ray/); empty: none.
+EXTRAS ?=
 IMAGE ?= clipgate:cpu
 PIP_OF_HOST = $$(test -x $(BIN)/pip && echo $(BIN)/pip)
 
 image:
-	BASE=$(BASE) PIP=$(PIP_OF_HOST) configs/image/build.sh cpu clipgate:cpu
+	BASE=$(BASE) EXTRAS=$(EXTRAS) PIP=$(PIP_OF_HOST) configs/image/build.sh cpu clipgate:cpu
 
 # Several GB (torch's CUDA 13.0 build and its CUDA libraries): built on demand only.
 image-cuda:
-	BASE=$(BASE) PIP=$(PIP_OF_HOST) configs/image/build.sh cuda clipgate:cuda
+	BASE=$(BASE) EXTRAS=$(EXTRAS) PIP=$(PIP_OF_HOST) configs/image/build.sh cuda clipgate:cuda
 
 # make image-with-model MODEL_DIR=/path/to/checkpoint [MODEL_ALIAS=ViT-B-32] [IMAGE=clipgate:cuda] [TAG=...]
 image-with-model:

@@ -147,3 +147,37 @@ def test_the_build_context_admits_what_the_recipes_copy() -> None:
                     assert any(source == a or source.startswith(a + "/") for a in admitted), (
                         f"{source} is kept out of the build context by .dockerignore"
                     )
+
+
+def requirements(extras: str) -> list[str]:
+    """What the image build installs after torch (configs/image/requirements.py, as the recipes run it)."""
+    script = IMAGE_DIR / "requirements.py"
+    result = subprocess.run(
+        [sys.executable, str(script), str(ROOT / "pyproject.toml"), extras], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout.splitlines()
+
+
+def test_the_image_installs_the_dependencies_and_the_extras_asked_for() -> None:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert requirements("") == project["dependencies"]  # EXTRAS="" (the default): as before
+    extras = project["optional-dependencies"]
+    # an extra that names clipgate[onnx] brings onnx's requirements, never clipgate itself
+    assert requirements("openvino") == [*project["dependencies"], "openvino>=2024.6", *extras["onnx"]]
+    assert not any(line.startswith("clipgate") for line in requirements("openvino"))
+    for flavor in FLAVORS:
+        text = containerfile(flavor).read_text()
+        assert re.search(r'^ARG EXTRAS=""$', text, re.M)
+        assert 'requirements.py /src/pyproject.toml "$EXTRAS"' in text
+
+
+def test_an_extra_pyproject_lacks_fails_the_build() -> None:
+    script = IMAGE_DIR / "requirements.py"
+    result = subprocess.run(
+        [sys.executable, str(script), str(ROOT / "pyproject.toml"), "no-such-extra"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode != 0 and "no-such-extra" in result.stderr

@@ -5,6 +5,8 @@
 #   BASE         the Debian bookworm base image (default docker.io/library/debian:bookworm-slim;
 #                with no registry: BASE=$(configs/image/local-base.sh))
 #   TORCH_INDEX  passed on as the build argument of that name when set (empty: no extra index)
+#   EXTRAS       passed on as the build argument of that name when set: extras of pyproject.toml
+#                to install as well (EXTRAS=ray: Ray Serve, for configs/k8s/ray/)
 #   PIP          the pip whose configuration (pip config list) the build mirrors (default: python3 -m pip)
 #
 # pip inside the build sees what the host's pip is configured with: its CA bundle, its http(s)
@@ -76,6 +78,9 @@ PY
 mapfile -t extra <"$work/args"
 if [ -n "${TORCH_INDEX+set}" ]; then
     extra+=("--build-arg=TORCH_INDEX=$TORCH_INDEX")
+fi
+if [ -n "${EXTRAS:-}" ]; then
+    extra+=("--build-arg=EXTRAS=$EXTRAS")
 fi
 echo "build.sh: building $tag from $containerfile on $base" >&2
 cd "$root"
