@@ -79,6 +79,13 @@ class Encoder(Protocol):
         """None while the encoder can serve, else why not (one line, for readiness probes)."""
 
 
+def warm_up(encoder: Encoder, image_size: int, end_tokens: Sequence[int]) -> None:
+    """One image and the shortest text through `encoder`: what every backend's `warmup` runs."""
+    encoder.embed_images(np.zeros((1, 3, image_size, image_size), dtype=np.float32))
+    ids = np.array([list(end_tokens)], dtype=np.int64)
+    encoder.embed_texts(ids, np.ones_like(ids))
+
+
 class Backend(Protocol):
     """What a backend module provides."""
 
@@ -140,6 +147,14 @@ class Checkpoint:
             )
         except (TypeError, ValueError) as exc:
             raise ModelLoadError(f"cannot read a CLIP checkpoint from {self.path}: {_first_line(exc)}") from exc
+
+    def end_tokens(self) -> list[int]:
+        """The text tower's start and end token ids (the first of each where a list is given, 0
+        where none is): the shortest text there is, for a warm-up batch."""
+        text = self.config.get("text_config") or {}
+        ends = [text.get(key) for key in ("bos_token_id", "eos_token_id")]
+        ends = [e[0] if isinstance(e, list) and e else e for e in ends]
+        return [e if isinstance(e, int) else 0 for e in ends]
 
 
 def _first_line(exc: BaseException) -> str:

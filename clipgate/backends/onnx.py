@@ -36,7 +36,7 @@ from numpy.typing import NDArray
 from clipgate import random_checkpoint
 from clipgate.canonical import ModelCard
 from clipgate.config import ModelConfig
-from clipgate.engine import Checkpoint, ModelLoadError, Preprocessor, TokenIds, Vectors, load_tokenizer
+from clipgate.engine import Checkpoint, ModelLoadError, Preprocessor, TokenIds, Vectors, load_tokenizer, warm_up
 from clipgate.images import ImageTransform
 
 log = logging.getLogger("clipgate.engine")
@@ -357,9 +357,7 @@ def load(checkpoint: Checkpoint, cfg: ModelConfig) -> OnnxEncoder:
         vision = ort.InferenceSession(str(export.vision), options, providers=providers)
     except Exception as exc:  # noqa: BLE001 - ORT raises its own classes for a bad or unreadable file
         raise ModelLoadError(f"cannot load the ONNX export in {export.folder}: {exc}") from exc
-    ends = [(checkpoint.config.get("text_config") or {}).get(k) for k in ("bos_token_id", "eos_token_id")]
-    ends = [e[0] if isinstance(e, list) else e for e in ends]
-    return OnnxEncoder(text, vision, card, export, [e if isinstance(e, int) else 0 for e in ends])
+    return OnnxEncoder(text, vision, card, export, checkpoint.end_tokens())
 
 
 class OnnxEncoder:
@@ -384,10 +382,7 @@ class OnnxEncoder:
         return np.asarray(out, dtype=np.float32)
 
     def warmup(self) -> None:
-        side = self._card.image_size
-        self.embed_images(np.zeros((1, 3, side, side), dtype=np.float32))
-        ids = np.array([self._ends], dtype=np.int64)
-        self.embed_texts(ids, np.ones_like(ids))
+        warm_up(self, self._card.image_size, self._ends)
 
     def health(self) -> str | None:
         return None

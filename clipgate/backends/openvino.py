@@ -18,7 +18,7 @@ from numpy.typing import NDArray
 from clipgate.backends import onnx as onnx_backend
 from clipgate.canonical import ModelCard
 from clipgate.config import ModelConfig
-from clipgate.engine import Checkpoint, ModelLoadError, TokenIds, Vectors
+from clipgate.engine import Checkpoint, ModelLoadError, TokenIds, Vectors, warm_up
 
 PRECISIONS = {"auto": "f32", "float32": "f32", "bfloat16": "bf16"}
 
@@ -61,9 +61,7 @@ def load(checkpoint: Checkpoint, cfg: ModelConfig) -> OpenVinoEncoder:
         vision = core.compile_model(str(export.vision), "CPU", options)
     except RuntimeError as exc:
         raise ModelLoadError(f"OpenVINO cannot compile the ONNX export in {export.folder}: {exc}") from exc
-    ends = [(checkpoint.config.get("text_config") or {}).get(k) for k in ("bos_token_id", "eos_token_id")]
-    ends = [e[0] if isinstance(e, list) else e for e in ends]
-    return OpenVinoEncoder(text, vision, card, export, [e if isinstance(e, int) else 0 for e in ends])
+    return OpenVinoEncoder(text, vision, card, export, checkpoint.end_tokens())
 
 
 class OpenVinoEncoder:
@@ -88,10 +86,7 @@ class OpenVinoEncoder:
         return np.array(out, dtype=np.float32, copy=True)
 
     def warmup(self) -> None:
-        side = self._card.image_size
-        self.embed_images(np.zeros((1, 3, side, side), dtype=np.float32))
-        ids = np.array([self._ends], dtype=np.int64)
-        self.embed_texts(ids, np.ones_like(ids))
+        warm_up(self, self._card.image_size, self._ends)
 
     def health(self) -> str | None:
         return None

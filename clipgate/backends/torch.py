@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 import torch
 from numpy.typing import NDArray
 
 from clipgate.canonical import ModelCard
 from clipgate.config import ModelConfig
-from clipgate.engine import Checkpoint, ModelLoadError, TokenIds, Vectors
+from clipgate.engine import Checkpoint, ModelLoadError, TokenIds, Vectors, warm_up
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -55,15 +53,16 @@ def load(checkpoint: Checkpoint, cfg: ModelConfig) -> TorchEncoder:
         raise ModelLoadError(f"cannot load a CLIP checkpoint from {checkpoint.path}: {first}") from exc
     model = model.to(device).eval()  # type: ignore[arg-type]
     card = checkpoint.card(cfg, device=str(device), dtype=str(dtype).removeprefix("torch."))
-    return TorchEncoder(model, card)
+    return TorchEncoder(model, card, checkpoint.end_tokens())
 
 
 class TorchEncoder:
     """A `CLIPModel` in inference mode. Not thread-safe: one thread (the batcher's) calls it."""
 
-    def __init__(self, model: torch.nn.Module, card: ModelCard) -> None:
+    def __init__(self, model: torch.nn.Module, card: ModelCard, end_tokens: list[int]) -> None:
         self.model = model
         self._card = card
+        self._ends = end_tokens
         parameter = next(model.parameters())
         self._device, self._dtype = parameter.device, parameter.dtype
 
@@ -91,12 +90,7 @@ class TorchEncoder:
         return _to_numpy(out)
 
     def warmup(self) -> None:
-        side = self._card.image_size
-        text: Any = self.model.config.text_config  # type: ignore[union-attr]
-        self.embed_images(np.zeros((1, 3, side, side), dtype=np.float32))
-        ends = [t[0] if isinstance(t, list) else t for t in (text.bos_token_id, text.eos_token_id)]
-        ids = np.array([[t if isinstance(t, int) else 0 for t in ends]], dtype=np.int64)
-        self.embed_texts(ids, np.ones_like(ids))
+        warm_up(self, self._card.image_size, self._ends)
 
     def health(self) -> str | None:
         if self._device.type == "cuda" and not torch.cuda.is_available():
