@@ -48,7 +48,22 @@ def timed(fn: Callable[[], object], *, min_s: float, min_reps: int = 2) -> float
     return float(np.median(times))
 
 
-class BareModel:
+class _Images:
+    """Images per second by batch size, for any bare engine with `image_vectors`."""
+
+    def image_vectors(self, pixels: Array) -> Array:
+        raise NotImplementedError
+
+    def images(self, batches: Sequence[int], *, min_s: float) -> list[Point]:
+        rng = np.random.default_rng(0)
+        points = []
+        for b in batches:
+            pixels = rng.standard_normal((b, 3, 224, 224), dtype=np.float32)
+            points.append(Point(b, timed(functools.partial(self.image_vectors, pixels), min_s=min_s)))
+        return points
+
+
+class BareModel(_Images):
     def __init__(self, model_dir: Path, *, dtype: torch.dtype, device: str) -> None:
         from transformers import CLIPModel
 
@@ -75,14 +90,6 @@ class BareModel:
         self._sync()
         return np.asarray(out.float().cpu().numpy())
 
-    def images(self, batches: Sequence[int], *, min_s: float) -> list[Point]:
-        rng = np.random.default_rng(0)
-        points = []
-        for b in batches:
-            pixels = rng.standard_normal((b, 3, 224, 224), dtype=np.float32)
-            points.append(Point(b, timed(functools.partial(self.image_vectors, pixels), min_s=min_s)))
-        return points
-
     def texts(self, texts: Sequence[str], batches: Sequence[int], *, min_s: float) -> list[Point]:
         """Each batch holds copies of `texts`, padded to the longest, as a batching server would run them."""
         rows = [enc.ids for enc in self.tokenizer.encode_batch(list(texts))]
@@ -97,7 +104,7 @@ class BareModel:
         return points
 
 
-class OnnxBare:
+class OnnxBare(_Images):
     """The ONNX export of the same checkpoint in ONNX Runtime, with the onnx backend's session
     options, measured like `BareModel`: the ceiling of `model.backend = "onnx"`."""
 
@@ -117,14 +124,6 @@ class OnnxBare:
 
     def text_vectors(self, ids: NDArray[np.int64], mask: NDArray[np.int64]) -> Array:
         return np.asarray(self.text.run(None, {"input_ids": ids, "attention_mask": mask})[0])
-
-    def images(self, batches: Sequence[int], *, min_s: float) -> list[Point]:
-        rng = np.random.default_rng(0)
-        points = []
-        for b in batches:
-            pixels = rng.standard_normal((b, 3, 224, 224), dtype=np.float32)
-            points.append(Point(b, timed(functools.partial(self.image_vectors, pixels), min_s=min_s)))
-        return points
 
     def token_batch(self, texts: Sequence[str], b: int) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
         """`b` rows of copies of `texts`, padded to the longest, and the mask."""
