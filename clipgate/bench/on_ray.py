@@ -10,8 +10,8 @@ at concurrency 1. Plain and one Ray replica, the pair the targets compare, are m
 over ROUNDS rounds, each keeping its best, so a noisy neighbour cannot favour one. Targets: one
 Ray replica >= 0.9x plain images/s, and <= 3 ms added p50 for one short text at concurrency 1.
 
-The Ray cluster is local (its files in a temporary folder, no dashboard, 127.0.0.1 only) and
-shut down at the end; needs `pip install 'clipgate[ray]'`. Prints a table; writes JSON.
+The Ray cluster is local (its files in a temporary folder, no dashboard, its HTTP proxy on
+127.0.0.1, no token auth: see tests/e2e/test_ray.py) and shut down at the end; needs `pip install 'clipgate[ray]'`. Prints a table; writes JSON.
 """
 
 from __future__ import annotations
@@ -70,7 +70,7 @@ def ray_cluster(cpus: int, port: int) -> Iterator[Any]:
         import ray
         from ray import serve
     temp = tempfile.mkdtemp(prefix="cgbench", dir="/tmp")  # short: Ray's socket paths live under it
-    os.environ["RAY_AUTH_MODE"] = "disabled"  # loopback only, and nothing written to ~/.ray
+    os.environ["RAY_AUTH_MODE"] = "disabled"  # nothing written to ~/.ray (see tests/e2e/test_ray.py)
     os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
     ray.init(
         address="local",

@@ -2,8 +2,8 @@
 own clients through Ray's HTTP proxy against two whole-gateway replicas and against split mode,
 overload answered in the vendor's shape, and a replica killed with SIGKILL under load.
 
-One cluster per module (4 logical CPUs on this machine's cores, no dashboard, on 127.0.0.1 only,
-its files in a temporary folder), shut down at the end."""
+One cluster per module (4 logical CPUs on this machine's cores, no dashboard, its HTTP proxy on
+127.0.0.1, its files in a temporary folder), shut down at the end."""
 
 from __future__ import annotations
 
@@ -66,8 +66,10 @@ def cluster(cache_dir: Path) -> Iterator[Cluster]:
         # Replicas import this checkout's clipgate and build random:tiny in the session's cache.
         "PYTHONPATH": os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH")) if p),
         "CLIPGATE_CACHE_DIR": str(cache_dir),
-        # No token auth (Ray would otherwise write a token to ~/.ray, which other Ray clusters on
-        # this machine then pick up); instead every process of the cluster listens on loopback only.
+        # No token auth: Ray would write a new token to ~/.ray/auth_token, which every other Ray
+        # client on this machine then picks up (and RAY_AUTH_MODE=token set after ray is imported
+        # does not reach Ray's cached config). Ray's internal ports (GCS, raylet) listen on all
+        # interfaces whatever the node address; the cluster lives for this module only.
         "RAY_AUTH_MODE": "disabled",
         "RAY_USAGE_STATS_ENABLED": "0",
     }
