@@ -11,7 +11,8 @@ over ROUNDS rounds, each keeping its best, so a noisy neighbour cannot favour on
 Ray replica >= 0.9x plain images/s, and <= 3 ms added p50 for one short text at concurrency 1.
 
 The Ray cluster is local (its files in a temporary folder, no dashboard, its HTTP proxy on
-127.0.0.1, no token auth: see tests/e2e/test_ray.py) and shut down at the end; needs `pip install 'clipgate[ray]'`. Prints a table; writes JSON.
+127.0.0.1, no token auth: see tests/e2e/test_ray.py) and shut down at the end; needs
+`pip install 'clipgate[ray]'`. Prints a table; writes JSON.
 """
 
 from __future__ import annotations
