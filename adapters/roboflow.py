@@ -182,7 +182,10 @@ def credential(body: Body, meta: RequestMeta) -> str | None:
 
 
 def info(state: ServerState, meta: RequestMeta) -> Reply:
-    return Reply(200, {"name": "clipgate", "version": state.version, "uuid": state.instance_id})
+    # `replica` is clipgate's own addition (the SDK reads name, version and uuid, and ignores the rest):
+    # which replica answered, as in the X-Clipgate-Replica header, when several serve behind one address.
+    body = {"name": "clipgate", "version": state.version, "uuid": state.instance_id, "replica": state.replica_id}
+    return Reply(200, body)
 
 
 def healthz(state: ServerState, meta: RequestMeta) -> Reply:
@@ -335,13 +338,24 @@ COMPARE = Doc(
     raises=_MODEL,
 )
 INFO = Doc(
-    summary="The server's name, version and instance id",
+    summary="The server's name, version, instance id and replica",
+    description="`replica` is clipgate's addition: the replica that answered, as in the X-Clipgate-Replica header.",
     response={
         "type": "object",
         "required": ["name", "version", "uuid"],
-        "properties": {"name": {"type": "string"}, "version": {"type": "string"}, "uuid": {"type": "string"}},
+        "properties": {
+            "name": {"type": "string"},
+            "version": {"type": "string"},
+            "uuid": {"type": "string"},
+            "replica": {"type": "string"},
+        },
     },
-    response_example={"name": "clipgate", "version": "0.1.0", "uuid": "9f1c2b7a0d4e4f55a1b2c3d4e5f60718"},
+    response_example={
+        "name": "clipgate",
+        "version": "0.1.0",
+        "uuid": "9f1c2b7a0d4e4f55a1b2c3d4e5f60718",
+        "replica": "gpu-node-3:4121",
+    },
 )
 HEALTHZ = Doc(summary="Liveness: always healthy", response=_STATUS, response_example={"status": "healthy"})
 READINESS = Doc(

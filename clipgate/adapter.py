@@ -58,6 +58,9 @@ class ServerState(Protocol):
     @property
     def instance_id(self) -> str: ...
 
+    @property
+    def replica_id(self) -> str: ...
+
 
 Body = JSON | Sequence[FormPart] | None
 """What `parse` receives: decoded JSON, the multipart parts, or None for body-less routes."""

@@ -26,12 +26,13 @@ from starlette.routing import BaseRoute, Route
 from adapters import REGISTRY
 from clipgate import __version__, admin, docs, openapi, probes, runtime
 from clipgate.adapter import Adapter
+from clipgate.batcher import WorkQueue
 from clipgate.budget import BodyBudget, auto_capacity
 from clipgate.config import Config, load_config
 from clipgate.engine import Model, ModelLoadError, load_model
 from clipgate.errors import ClipgateError, MethodNotAllowed, RouteNotFound
 from clipgate.faults import FaultPlan
-from clipgate.http import PathNormalizer, make_endpoint
+from clipgate.http import PathNormalizer, ReplicaHeader, make_endpoint
 from clipgate.metrics import CONTENT_TYPE, Metrics
 from clipgate.service import EmbeddingService
 from clipgate.state import AppState
@@ -136,22 +137,26 @@ def create_app(
     *,
     wait_ready: bool = False,
     on_fatal: Callable[[str], None] | None = None,
+    queue: WorkQueue | None = None,
 ) -> Starlette:
     """Build the app. With no `model`, the lifespan loads `config.model`: in the background by
     default (probes answer at once; readiness turns 200 when the model is loaded and warm; a load
     failure calls `on_fatal` with one line), or, with `wait_ready`, before startup completes (a
     load failure fails the startup), for hosts that count a worker as ready once it has started.
-    A `model` handed in is warmed before startup completes."""
+    A `model` handed in is warmed before startup completes. With `queue`, the model's batches run
+    behind it, elsewhere (clipgate.ray's split mode)."""
     server = config.server
     budget = BodyBudget(server.max_inflight_body_bytes or auto_capacity(), server.body_budget_wait_s)
     metrics = Metrics(request_timeout_s=server.request_timeout_s, enabled=server.metrics)
-    state = AppState(__version__, budget, metrics, FaultPlan(enabled=config.faults.enabled))
+    state = AppState(
+        __version__, budget, metrics, FaultPlan(enabled=config.faults.enabled), replica_id=server.replica_id
+    )
     metrics.watch(inflight=lambda: state.inflight, ready=lambda: state.ready, queue_depth=state.queue_depth)
 
     async def load() -> None:
         loop = asyncio.get_running_loop()
         loaded = model if model is not None else await loop.run_in_executor(None, load_model, config.model)
-        service = EmbeddingService(loaded, config, metrics=metrics)
+        service = EmbeddingService(loaded, config, metrics=metrics, queue=queue)
         service.start()
         started = time.perf_counter()
         try:
@@ -215,6 +220,7 @@ def create_app(
         exception_handlers={404: handler, 405: handler},
     )
     app.add_middleware(PathNormalizer)
+    app.add_middleware(ReplicaHeader, replica_id=state.replica_id)  # outermost: on every answer, errors too
     app.state.clipgate = state
     return app
 

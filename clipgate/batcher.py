@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from clipgate.errors import NotReady
 
@@ -86,6 +86,27 @@ class _Entry:
     enqueued: float
 
 
+class WorkQueue(Protocol):
+    """What the service needs of the queue in front of the model: the `Batcher` here, or, in Ray
+    Serve's split mode, the encoder deployment's batcher behind a handle (clipgate.ray)."""
+
+    def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    def incoming(self, lane: str, count: int) -> contextlib.AbstractContextManager[None]: ...
+
+    def pending(self, lane: str) -> int: ...
+
+    def estimated_wait_s(self, lane: str, entries: int) -> float | None: ...
+
+    def run_on_model_thread(self, fn: Callable[[], Any]) -> asyncio.Future[Any]: ...
+
+    def submit(self, lane: str, payloads: Sequence[Any]) -> list[asyncio.Future[Any]]: ...
+
+    def health(self) -> str | None: ...
+
+
 class Batcher:
     def __init__(
         self,
@@ -113,6 +134,16 @@ class Batcher:
     def start(self) -> None:
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._dispatch(), name="clipgate-batcher")
+
+    def health(self) -> str | None:
+        """None while the dispatcher runs, else why not: never started, stopped, or died."""
+        task = self._task
+        if task is None:
+            return "the batcher is not running"
+        if task.done():
+            failure = None if task.cancelled() else task.exception()
+            return f"the batcher stopped: {failure!r}" if failure is not None else "the batcher stopped"
+        return None
 
     async def stop(self) -> None:
         if self._task is not None:

@@ -66,6 +66,7 @@ class ServerConfig:
     max_queue_wait_s: float = 10.0
     request_timeout_s: float = 60.0
     drain_grace_s: float = 0.0
+    replica_id: str = ""  # names this server in X-Clipgate-Replica and /info; "" = hostname:pid
 
     def __post_init__(self) -> None:
         _require(0 <= self.port <= 65535, "server.port", "must be 0-65535", self.port)

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import orjson
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import PlainTextResponse, Response
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from clipgate import logs
 from clipgate.adapter import Adapter, Body, Operation, ProtocolSettings, Reply
@@ -460,3 +460,27 @@ class PathNormalizer:
             if "raw_path" in scope:
                 scope["raw_path"] = re.sub(rb"/{2,}", b"/", scope["raw_path"])
         await self.app(scope, receive, send)
+
+
+REPLICA_HEADER = "X-Clipgate-Replica"
+
+
+class ReplicaHeader:
+    """Name the server that answered on every response (`X-Clipgate-Replica`), so operators and
+    tests see how requests spread over replicas behind one address (Ray Serve, Kubernetes)."""
+
+    def __init__(self, app: ASGIApp, replica_id: str) -> None:
+        self.app = app
+        self.header = (REPLICA_HEADER.lower().encode("latin-1"), replica_id.encode("latin-1", "replace"))
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_named(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", ()), self.header]}
+            await send(message)
+
+        await self.app(scope, receive, send_named)

@@ -5,12 +5,12 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from clipgate import urls
-from clipgate.batcher import Batcher, Lane
+from clipgate.batcher import Batcher, Lane, WorkQueue
 from clipgate.canonical import EmbedRequest, EmbedResult, ImageInfo, ImageInput, ModelCard, TextInfo, TextInput
 from clipgate.config import Config
 from clipgate.cpu_turns import CpuTurns
@@ -50,7 +50,10 @@ class EmbeddingService:
         *,
         metrics: Metrics | None = None,
         resolver: urls.Resolver = urls.system_resolver,
+        queue: WorkQueue | None = None,
     ) -> None:
+        """With `queue`, the model runs behind it elsewhere (Ray Serve's split mode: the encoder
+        deployment's batcher); this service then only checks, decodes and tokenizes."""
         self.model = model
         self.metrics = metrics or Metrics.disabled()
         self.config = config
@@ -61,10 +64,11 @@ class EmbeddingService:
         self._decode_pool = ThreadPoolExecutor(max_workers=images.decode_threads, thread_name_prefix="clipgate-decode")
         # URL fetches wait on the network: their own threads, so a slow host stalls no decoding.
         self._fetch_pool = ThreadPoolExecutor(max_workers=URL_FETCH_THREADS, thread_name_prefix="clipgate-fetch")
-        # On a CPU the model and the decoders take turns (see clipgate.cpu_turns); on a GPU they overlap.
-        self.turns = CpuTurns(enabled=model.card.device == "cpu")
+        # On a CPU the model and the decoders take turns (see clipgate.cpu_turns); on a GPU, or
+        # with the model in another process, they overlap.
+        self.turns = CpuTurns(enabled=model.card.device == "cpu" and queue is None)
         batching = config.batching
-        self.batcher = Batcher(
+        self.batcher: WorkQueue = queue or Batcher(
             {
                 "image": Lane(run=self.turns.model(model.embed_images), max_batch=batching.max_batch_images),
                 "text": Lane(run=self.turns.model(model.embed_texts), max_batch=batching.max_batch_texts, size=len),
@@ -84,6 +88,10 @@ class EmbeddingService:
 
     def start(self) -> None:
         self.batcher.start()
+
+    def health(self) -> str | None:
+        """None while this service can serve (batcher running, encoder healthy), else why not."""
+        return self.batcher.health() or self.model.encoder.health()
 
     async def stop(self) -> None:
         await self.batcher.stop()
@@ -139,6 +147,18 @@ class EmbeddingService:
         return EmbedResult(
             vectors=vectors, elapsed_s=time.perf_counter() - started, info=infos, model=self.model.card.name
         )
+
+    async def embed_prepared(self, lane: str, payloads: Sequence[Any]) -> list[Any]:
+        """The rows of work already tokenized or decoded elsewhere (the HTTP replicas of Ray Serve's
+        split mode), admitted against this queue's limits and batched with everyone else's."""
+        server = self.config.server
+        self._admit(lane, len(payloads), server.max_queued_texts if lane == "text" else server.max_queued_images)
+        futures = self.batcher.submit(lane, payloads)
+        try:
+            return list(await asyncio.gather(*futures))
+        finally:
+            for fut in futures:
+                fut.cancel()
 
     @staticmethod
     async def _all_in(

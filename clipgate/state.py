@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import socket
 import uuid
 from typing import TYPE_CHECKING
 
@@ -18,7 +20,9 @@ class AppState:
     """One per app. `service` is set once the model is loaded and warm, and cleared when the app
     stops: while it is None, embedding requests get 503 and readiness probes say not ready."""
 
-    def __init__(self, version: str, body_budget: BodyBudget, metrics: Metrics, faults: FaultPlan) -> None:
+    def __init__(
+        self, version: str, body_budget: BodyBudget, metrics: Metrics, faults: FaultPlan, replica_id: str = ""
+    ) -> None:
         self.service: EmbeddingService | None = None
         self.body_budget = body_budget  # request body bytes in flight, over every request
         self.metrics = metrics
@@ -27,6 +31,8 @@ class AppState:
         self.inflight = 0  # embedding requests being read, decoded or waiting
         self.version = version
         self.instance_id = uuid.uuid4().hex
+        # Which server answered (X-Clipgate-Replica, /info): the configured name, else host and process.
+        self.replica_id = replica_id or f"{socket.gethostname()}:{os.getpid()}"
 
     @property
     def ready(self) -> bool:
@@ -38,7 +44,7 @@ class AppState:
             return "draining"
         if self.service is None:
             return "loading"
-        return self.service.encoder.health()
+        return self.service.health()
 
     @property
     def card(self) -> ModelCard | None:

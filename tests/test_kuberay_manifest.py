@@ -321,14 +321,11 @@ def test_a_misspelt_dotted_argument_would_fail(
 
 
 def test_the_serve_config_is_valid_for_ray_serve(serve_config: dict[str, Any], application: dict[str, Any]) -> None:
-    """Against Ray Serve's own config schema (what `serve deploy` and KubeRay submit), when Ray is
-    installed (the ray extra); its models ignore unknown fields, so the keys are checked too."""
-    try:
-        with warnings.catch_warnings():  # Ray's pydantic models warn on import under pydantic 2
-            warnings.simplefilter("ignore")
-            from ray.serve import schema
-    except ImportError:
-        pytest.skip("ray is not installed (pip install -e '.[ray]')")
+    """Against Ray Serve's own config schema (what `serve deploy` and KubeRay submit; the ray extra
+    is a test dependency); its models ignore unknown fields, so the keys are checked too."""
+    with warnings.catch_warnings():  # Ray's pydantic models warn on import under pydantic 2
+        warnings.simplefilter("ignore")
+        from ray.serve import schema
     schema.ServeDeploySchema.model_validate(serve_config)
     assert set(serve_config) <= set(schema.ServeDeploySchema.model_fields)
     assert set(serve_config["http_options"]) <= set(schema.HTTPOptionsSchema.model_fields)
@@ -345,8 +342,7 @@ def ray_pin() -> str:
         found = re.match(r"ray(\[[^\]]*\])?\s*==\s*(\d+\.\d+)\.\*", requirement)
         if found:
             return found.group(2)
-    # Until the ray extra lands (issue 10, clipgate/ray.py): the pin it is to carry.
-    return "2.60"
+    raise AssertionError(f"pyproject's ray extra pins no ray[serve]==X.Y.*: {extras.get('ray')}")
 
 
 def test_ray_version_is_the_extras_pin(cluster: dict[str, Any]) -> None:

@@ -122,7 +122,20 @@ NO_HTTP = [
     "state.py",
     "urls.py",
 ]
-HTTP = ["admin.py", "app.py", "cli.py", "docs.py", "http.py", "injection.py", "probes.py", "runtime.py", "testing.py"]
+HTTP = [
+    "admin.py",
+    "app.py",
+    "cli.py",
+    "docs.py",
+    "http.py",
+    "injection.py",
+    "probes.py",
+    "ray.py",
+    "runtime.py",
+    "testing.py",
+]
+# The optional extras' host: the only module that may import ray (pip install 'clipgate[ray]').
+RAY_MODULES = ["ray.py"]
 
 
 @pytest.mark.parametrize("module", NO_HTTP)
@@ -139,6 +152,15 @@ def test_no_tensor_library_outside_the_backends(module: str) -> None:
         assert not name.startswith("clipgate.backends"), f"{module} reaches {name} (load backends by name)"
 
 
+@pytest.mark.parametrize("module", [*CORE, *(f"../adapters/{m}" for m in ADAPTERS)])
+def test_ray_stays_in_its_module(module: str) -> None:
+    # Plain `clipgate serve` runs without the ray extra: nothing else reaches ray, even on demand.
+    if module in RAY_MODULES:
+        return
+    for name in reachable((ROOT / "clipgate" / module).resolve()):
+        assert name.split(".")[0] != "ray" and name != "clipgate.ray", f"{module} reaches {name}"
+
+
 def test_only_the_app_imports_the_adapter_registry() -> None:
     for module in CORE:
         direct = {n for n in imported_modules(ROOT / "clipgate" / module) if n.split(".")[0] == "adapters"}
@@ -150,12 +172,13 @@ def test_importing_the_app_loads_no_torch() -> None:
     code = (
         "import json, sys; import clipgate.app, clipgate.cli, clipgate.runtime; "
         "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in "
-        f"{TENSOR_LIBRARIES!r} or m.startswith(('adapters', 'clipgate')))))"
+        f"{(*TENSOR_LIBRARIES, 'ray')!r} or m.startswith(('adapters', 'clipgate')))))"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=60)
     assert done.returncode == 0, done.stderr
     loaded = json.loads(done.stdout)
-    assert not [m for m in loaded if m.split(".")[0] in TENSOR_LIBRARIES], loaded
+    assert not [m for m in loaded if m.split(".")[0] in (*TENSOR_LIBRARIES, "ray")], loaded
+    assert "clipgate.ray" not in loaded
     for needed in (
         "adapters.roboflow",
         "adapters.azureml",
