@@ -63,7 +63,6 @@ class Options:
     version: int  # the API version the caller used, 1 or 2
     types: tuple[str, ...] | None  # None: v1's plain float answer (no embedding_types sent)
     normalize: bool
-    dimensions: int | None
     texts: list[str] | None  # echoed when texts were sent
     request_id: str
 
@@ -162,6 +161,8 @@ def _parse(body: Body, meta: RequestMeta, version: int) -> EmbedRequest:
     dimensions = body.get("output_dimension") if version == 2 else None
     if dimensions is not None and not _is_int(dimensions):
         raise CohereError("output_dimension must be an integer.")
+    if dimensions is not None and meta.card is not None and dimensions != meta.card.dim:
+        raise CohereError(f"output_dimension {dimensions} is not available; this model's vectors have {meta.card.dim}.")
     rule = TextInput("", truncate=TRUNCATE[(truncate or "END").upper()], max_tokens=max_tokens)
     (kind,) = given
     texts: list[str] | None = None
@@ -183,7 +184,6 @@ def _parse(body: Body, meta: RequestMeta, version: int) -> EmbedRequest:
         version=version,
         types=types if types is not None or version == 1 else ("float",),
         normalize=settings.normalize,
-        dimensions=dimensions,
         texts=texts if texts is not None or version == 2 else [],
         request_id=meta.request_id,
     )
@@ -232,9 +232,6 @@ def _encoded(vector: Any, kind: str) -> JSON:
 
 def render_embed(result: EmbedResult, request: EmbedRequest) -> JSON:
     options: Options = request.context
-    width = len(result.vectors[0]) if result.vectors else None
-    if options.dimensions is not None and width is not None and options.dimensions != width:
-        raise CohereError(f"output_dimension {options.dimensions} is not available; this model's vectors have {width}.")
     vectors = [unit(v) if options.normalize else v for v in result.vectors]
     images = [info for info in result.info if isinstance(info, ImageInfo)]
     tokens = sum(info.tokens for info in result.info if isinstance(info, TextInfo))

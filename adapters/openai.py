@@ -29,6 +29,7 @@ from clipgate.canonical import (
     EmbedResult,
     ImageInput,
     Item,
+    ModelCard,
     RequestMeta,
     TextInfo,
     TextInput,
@@ -127,7 +128,6 @@ class Options:
 
     encoding: str  # float or base64
     normalize: bool
-    dimensions: int | None
 
 
 def _is_int(value: Any) -> bool:
@@ -304,6 +304,7 @@ def parse_embeddings(body: Body, meta: RequestMeta) -> EmbedRequest:
     dimensions = body.get("dimensions")
     if dimensions is not None and not _is_int(dimensions):
         raise OpenAIError("dimensions must be an integer.", "dimensions")
+    check_dimensions(meta.card, dimensions, "dimensions")
     normalize = settings.normalize
     for key in ("normalize", "use_activation"):
         if body.get(key) is not None:
@@ -328,7 +329,7 @@ def parse_embeddings(body: Body, meta: RequestMeta) -> EmbedRequest:
     return EmbedRequest(
         items=items,
         model=named if settings.strict_model else None,
-        context=Options(encoding=encoding, normalize=normalize, dimensions=dimensions),
+        context=Options(encoding=encoding, normalize=normalize),
     )
 
 
@@ -347,19 +348,18 @@ def float32_base64(vector: Any) -> str:
     return base64.b64encode(vector.astype("<f4").tobytes()).decode("ascii")
 
 
-def check_dimensions(result: EmbedResult, wanted: int | None, param: str) -> None:
-    """CLIP is not Matryoshka: a requested width other than the model's is refused."""
-    width = len(result.vectors[0]) if result.vectors else None
-    if wanted is not None and width is not None and wanted != width:
+def check_dimensions(card: ModelCard | None, wanted: int | None, param: str) -> None:
+    """CLIP is not Matryoshka: a requested width other than the model's is refused, before any
+    embedding. (`card` is None only before the model is loaded, when no request is embedded.)"""
+    if wanted is not None and card is not None and wanted != card.dim:
         raise OpenAIError(
-            f"This model's vectors have {width} dimensions and cannot be shortened; {param} {wanted} was asked for.",
+            f"This model's vectors have {card.dim} dimensions and cannot be shortened; {param} {wanted} was asked for.",
             param,
         )
 
 
 def render_embeddings(result: EmbedResult, request: EmbedRequest) -> JSON:
     options: Options = request.context
-    check_dimensions(result, options.dimensions, "dimensions")
     data: list[dict[str, JSON]] = []
     for i, vector in enumerate(result.vectors):
         row = unit(vector) if options.normalize else vector

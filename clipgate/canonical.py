@@ -116,6 +116,7 @@ class RequestMeta:
     request_id: str = ""
     content_type: str = ""  # media type only, lower-case, no parameters
     settings: Any = None  # the protocol's config table (clipgate.adapter.ProtocolSettings or its subclass)
+    card: ModelCard | None = None  # the served model, once it is loaded: what a parser may check against
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,7 +22,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from clipgate import logs
 from clipgate.adapter import Adapter, Body, Operation, ProtocolSettings, Reply
 from clipgate.budget import Reservation
-from clipgate.canonical import EmbedRequest, EmbedResult, RequestMeta, TextInput
+from clipgate.canonical import EmbedRequest, EmbedResult, ModelCard, RequestMeta, TextInput
 from clipgate.config import Config, ServerConfig
 from clipgate.errors import (
     ClipgateError,
@@ -119,7 +119,7 @@ def make_endpoint(
 
     async def endpoint(request: Request) -> Response:
         started = time.perf_counter()
-        meta = _meta(request, settings)
+        meta = _meta(request, settings, state.card)
         token = logs.REQUEST_ID.set(meta.request_id)
         exchange = Exchange()
         try:
@@ -324,7 +324,7 @@ def new_request_id() -> str:
     return str(uuid.UUID(int=random.getrandbits(128), version=4))
 
 
-def _meta(request: Request, settings: ProtocolSettings) -> RequestMeta:
+def _meta(request: Request, settings: ProtocolSettings, card: ModelCard | None) -> RequestMeta:
     headers = {k.lower(): v for k, v in request.headers.items()}
     given = headers.get("x-request-id", "")
     request_id = given if 0 < len(given) <= REQUEST_ID_MAX else new_request_id()
@@ -338,6 +338,7 @@ def _meta(request: Request, settings: ProtocolSettings) -> RequestMeta:
         request_id=request_id,
         content_type=content_type,
         settings=settings,
+        card=card,
     )
 
 

@@ -203,6 +203,14 @@ def test_v1_has_no_inputs(client: TestClient) -> None:
     error(client.post("/v1/embed", json={"inputs": [{"content": [{"type": "text", "text": "a"}]}]}), 400)
 
 
+def test_output_dimension_is_refused_before_anything_is_embedded(client: TestClient) -> None:
+    """With truncate NONE a text over 77 tokens would be refused by the embedding; the width is
+    checked first."""
+    long = " ".join(f"w{n}" for n in range(100))
+    body = {"texts": ["a", long], "truncate": "NONE", "output_dimension": 1024}
+    assert "output_dimension 1024" in error(client.post("/v2/embed", json=body), 400, "invalid request: ")
+
+
 def test_output_dimension_of_the_model_is_accepted(client: TestClient) -> None:
     assert ok(client.post("/v2/embed", json={"texts": ["a"], "output_dimension": DIM}))
 

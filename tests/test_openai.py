@@ -275,6 +275,12 @@ def test_dimensions_of_the_model_or_null_are_accepted(client: TestClient) -> Non
         assert len(vectors(client.post("/v1/embeddings", json={"input": "a", "dimensions": dimensions}))) == 1
 
 
+def test_dimensions_are_refused_before_anything_is_embedded(client: TestClient) -> None:
+    """A text over 77 tokens would be refused by the embedding; the width is checked first."""
+    response = client.post("/v1/embeddings", json={"input": ["a", LONG], "dimensions": 256})
+    error(response, 400, "dimensions")
+
+
 def test_malformed_json_is_400(client: TestClient) -> None:
     response = client.post("/v1/embeddings", content=b"{nope", headers={"content-type": "application/json"})
     error(response, 400)
