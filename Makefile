@@ -28,12 +28,10 @@ serve: $(STAMP)
 	$(BIN)/clipgate serve --config configs/default.toml $(ARGS)
 
 # clipgate on Ray Serve (clipgate.ray): two whole-gateway replicas on Ray's HTTP port, 127.0.0.1:8000.
-# Starts a local Ray cluster, with Ray Serve's own settings (RAY_SERVE_ENV, clipgate.ray's
-# SERVE_ENVIRONMENT), or deploys onto the one RAY_ADDRESS names (started with them, to have them).
-# Builder arguments go in ARGS as key=value: make serve-ray ARGS="model=random:tiny mode=split batching.max_batch_images=16".
-RAY_SERVE_ENV := RAY_SERVE_PROXY_USE_GRPC=1
+# Starts a local Ray cluster, or deploys onto the one RAY_ADDRESS names. Builder arguments go in
+# ARGS as key=value: make serve-ray ARGS="model=random:tiny mode=split batching.max_batch_images=16".
 serve-ray: $(STAMP)
-	$(RAY_SERVE_ENV) $(BIN)/serve run clipgate.ray:build config=configs/default.toml replicas=2 $(ARGS)
+	$(BIN)/serve run clipgate.ray:build config=configs/default.toml replicas=2 $(ARGS)
 
 check: $(STAMP)
 	$(BIN)/ruff format --check --quiet clipgate adapters tests

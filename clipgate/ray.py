@@ -73,13 +73,6 @@ ONGOING_HEADROOM = 64
 QUEUED_PER_REPLICA = 2
 # A replica being stopped gets this long beyond a request's deadline to finish the requests in flight.
 SHUTDOWN_MARGIN_S = 5.0
-# Ray Serve's own settings, as environment variables. Every Ray process reads them once, when it
-# starts, so they belong to the cluster, not to an application: whatever starts the cluster must
-# have them (`make serve-ray`, `make bench-ray` and tests/e2e/test_ray.py set them before their
-# local clusters start; configs/k8s/ray/rayservice.yaml in every Ray container). The proxy sends
-# requests to the replicas over gRPC rather than as Ray actor calls: a small gain for cheap requests
-# (short texts), the only one of Ray's settings that measured ahead (README: "Ray Serve's own settings").
-SERVE_ENVIRONMENT = {"RAY_SERVE_PROXY_USE_GRPC": "1"}
 # Autoscaling (replicas=MIN-MAX) aims at this many requests in flight per replica, Ray's measure of
 # queue load: about half a batch waiting behind the one running.
 TARGET_ONGOING = 16

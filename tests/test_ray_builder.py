@@ -20,15 +20,7 @@ with warnings.catch_warnings():
     # Ray 2.60's Serve config models pass extra keywords to pydantic's Field (deprecated in pydantic 2).
     warnings.filterwarnings("ignore", message="Using extra keyword arguments on `Field`", category=DeprecationWarning)
     pytest.importorskip("ray", reason="clipgate[ray] is not installed")
-    from clipgate.ray import (
-        ONGOING_HEADROOM,
-        SERVE_ENVIRONMENT,
-        RemoteError,
-        Replicas,
-        build,
-        deployment_options,
-        parse_args,
-    )
+    from clipgate.ray import ONGOING_HEADROOM, RemoteError, Replicas, build, deployment_options, parse_args
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -121,19 +113,3 @@ def test_uint8_pixels_normalized_elsewhere_are_the_same_pixels() -> None:
     crop = transform.crop(image)
     assert crop.dtype == np.uint8 and crop.shape == (224, 224, 3)
     assert np.array_equal(transform.normalize(crop), transform(image))
-
-
-def test_every_cluster_clipgate_starts_has_ray_serves_settings() -> None:
-    """SERVE_ENVIRONMENT is read by each Ray process as it starts: `make serve-ray`'s local cluster
-    and every Ray container of the KubeRay manifest carry it (the bench and the e2e tests import it)."""
-    makefile = (ROOT / "Makefile").read_text()
-    line = next(line for line in makefile.splitlines() if line.startswith("RAY_SERVE_ENV :="))
-    assert dict(pair.split("=", 1) for pair in line.split(":=", 1)[1].split()) == SERVE_ENVIRONMENT
-    assert "$(RAY_SERVE_ENV) $(BIN)/serve run" in makefile
-    manifest = yaml.safe_load((ROOT / "configs" / "k8s" / "ray" / "rayservice.yaml").read_text())
-    cluster = manifest["spec"]["rayClusterConfig"]
-    groups = [cluster["headGroupSpec"], *cluster["workerGroupSpecs"]]
-    for group in groups:
-        container = group["template"]["spec"]["containers"][0]
-        env = {e["name"]: e["value"] for e in container.get("env", [])}
-        assert env.items() >= SERVE_ENVIRONMENT.items(), container["name"]

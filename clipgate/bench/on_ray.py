@@ -70,10 +70,7 @@ def ray_cluster(cpus: int, port: int) -> Iterator[Any]:
         warnings.filterwarnings("ignore", category=DeprecationWarning)
         import ray
         from ray import serve
-
-        from clipgate.ray import SERVE_ENVIRONMENT
     temp = tempfile.mkdtemp(prefix="cgbench", dir="/tmp")  # short: Ray's socket paths live under it
-    os.environ.update(SERVE_ENVIRONMENT)  # read by each Ray process as it starts
     os.environ["RAY_AUTH_MODE"] = "disabled"  # nothing written to ~/.ray (see tests/e2e/test_ray.py)
     os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
     ray.init(

@@ -43,7 +43,7 @@ with warnings.catch_warnings():
     from ray import serve
     from ray.serve._private.api import call_user_app_builder_with_args_if_necessary
 
-    from clipgate.ray import ENCODER, GATEWAY, SERVE_ENVIRONMENT, build
+    from clipgate.ray import ENCODER, GATEWAY, build
 
 SAME = 0.99999  # cosine between a vector through Ray and the same request to one process
 TIMEOUT_S = 30.0  # every request's client-side deadline: none may hang past it
@@ -72,8 +72,6 @@ def cluster(cache_dir: Path) -> Iterator[Cluster]:
         # interfaces whatever the node address; the cluster lives for this module only.
         "RAY_AUTH_MODE": "disabled",
         "RAY_USAGE_STATS_ENABLED": "0",
-        # Ray Serve's own settings, as every clipgate cluster has them (read as each process starts).
-        **SERVE_ENVIRONMENT,
     }
     port = free_port()
     with pytest.MonkeyPatch.context() as patch:
