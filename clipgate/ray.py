@@ -34,6 +34,8 @@ import difflib
 import logging
 import math
 import os
+import shutil
+import tempfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
@@ -197,6 +199,47 @@ def parse_args(args: Mapping[str, Any], environ: Mapping[str, str] | None = None
         num_cpus=num_cpus,
         num_gpus=num_gpus,
     )
+
+
+@contextlib.contextmanager
+def local_cluster(cpus: int, port: int, environ: Mapping[str, str] | None = None) -> Iterator[None]:
+    """A private Ray cluster on this machine, with Serve's proxy on 127.0.0.1:`port`, for tests and
+    benchmarks; stopped and its folder removed on exit. `address="local"`: never another cluster
+    that happens to run here. Its own short temp folder (Ray's socket paths live under it), no
+    dashboard, no usage stats, and no token auth: with it, Ray writes a token to ~/.ray/auth_token,
+    which every other Ray client on the machine then picks up. Ray's internal ports (GCS, raylet)
+    still listen on all interfaces, whatever the node address. `environ` is set while the cluster
+    runs: its processes read it as they start."""
+    import ray
+
+    temp = tempfile.mkdtemp(prefix="cgray", dir="/tmp")
+    settings = {"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0", **(environ or {})}
+    saved = {name: os.environ.get(name) for name in settings}
+    os.environ.update(settings)
+    try:
+        ray.init(
+            address="local",
+            num_cpus=cpus,
+            include_dashboard=False,
+            log_to_driver=False,
+            configure_logging=False,
+            _node_ip_address="127.0.0.1",
+            _temp_dir=temp,
+        )
+        try:
+            serve.start(http_options={"host": "127.0.0.1", "port": port})
+            yield
+        finally:
+            with contextlib.suppress(Exception):
+                serve.shutdown()  # type: ignore[no-untyped-call]
+            ray.shutdown()
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        shutil.rmtree(temp, ignore_errors=True)
 
 
 def deployment_options(config: Config, replicas: Replicas, actor: Mapping[str, float]) -> dict[str, Any]:

@@ -23,12 +23,11 @@ import base64
 import contextlib
 import os
 import platform
-import shutil
 import sys
 import tempfile
 import time
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -62,34 +61,6 @@ def measure(port: int, images: Sequence[bytes], texts: Sequence[bytes]) -> dict[
         "image_c16": load(images, concurrency=CONCURRENCY, duration_s=IMAGE_LOAD_S, warmup=CONCURRENCY),
         "text_c16": load(texts, concurrency=CONCURRENCY, duration_s=TEXT_LOAD_S, warmup=CONCURRENCY),
     }
-
-
-@contextlib.contextmanager
-def ray_cluster(cpus: int, port: int) -> Iterator[Any]:
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", category=DeprecationWarning)
-        import ray
-        from ray import serve
-    temp = tempfile.mkdtemp(prefix="cgbench", dir="/tmp")  # short: Ray's socket paths live under it
-    os.environ["RAY_AUTH_MODE"] = "disabled"  # nothing written to ~/.ray (see tests/e2e/test_ray.py)
-    os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
-    ray.init(
-        address="local",
-        num_cpus=cpus,
-        include_dashboard=False,
-        log_to_driver=False,
-        configure_logging=False,
-        _node_ip_address="127.0.0.1",
-        _temp_dir=temp,
-    )
-    try:
-        serve.start(http_options={"host": "127.0.0.1", "port": port})
-        yield serve
-    finally:
-        with contextlib.suppress(Exception):
-            serve.shutdown()  # type: ignore[no-untyped-call]
-        ray.shutdown()
-        shutil.rmtree(temp, ignore_errors=True)
 
 
 def deploy(serve: Any, port: int, args: dict[str, str]) -> float:
@@ -134,6 +105,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--model", default="random:base", help="checkpoint id or folder (default random:base)")
     parser.add_argument("--out", default="bench-ray-results.json", help="where the figures go (JSON)")
     args = parser.parse_args(argv)
+    with warnings.catch_warnings():  # Ray 2.60's Serve config models warn on import under pydantic 2
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        from ray import serve
+
+        from clipgate.ray import local_cluster
     cores = os.cpu_count() or 1
     cpuinfo = cpu.read_cpuinfo()
     model_name = next((line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if "model name" in line), "?")
@@ -166,7 +142,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = servers.clipgate_argv(args.model, plain_port, device="cpu", dtype="float32")
     with (
         servers.ServerProcess("plain", argv, plain_port, workdir / "plain.log") as plain,
-        ray_cluster(cpus=2 * cores, port=port) as serve,
+        local_cluster(cpus=2 * cores, port=port),
     ):
         log(f"plain: ready in {plain.ready_s:.1f} s")
         seconds = deploy(serve, port, common | {"replicas": "1", "num_cpus": whole_cpus})
