@@ -19,7 +19,6 @@ from tests import imagegen
 with warnings.catch_warnings():
     # Ray 2.60's Serve config models pass extra keywords to pydantic's Field (deprecated in pydantic 2).
     warnings.filterwarnings("ignore", message="Using extra keyword arguments on `Field`", category=DeprecationWarning)
-    pytest.importorskip("ray", reason="clipgate[ray] is not installed")
     from clipgate.ray import ONGOING_HEADROOM, RemoteError, Replicas, build, deployment_options, parse_args
 
 ROOT = Path(__file__).resolve().parent.parent

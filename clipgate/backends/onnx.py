@@ -373,13 +373,15 @@ class OnnxEncoder:
     def card(self) -> ModelCard:
         return self._card
 
+    def _run(self, graph: Any, inputs: dict[str, NDArray[Any]]) -> Vectors:
+        """One tower's output for `inputs` (the OpenVINO backend runs its own way)."""
+        return np.asarray(graph.run(None, inputs)[0], dtype=np.float32)
+
     def embed_texts(self, ids: TokenIds, mask: TokenIds) -> Vectors:
-        out = self.text.run(None, {"input_ids": ids, "attention_mask": mask})[0]
-        return np.asarray(out, dtype=np.float32)
+        return self._run(self.text, {"input_ids": ids, "attention_mask": mask})
 
     def embed_images(self, pixels: NDArray[np.float32]) -> Vectors:
-        out = self.vision.run(None, {"pixel_values": np.ascontiguousarray(pixels, dtype=np.float32)})[0]
-        return np.asarray(out, dtype=np.float32)
+        return self._run(self.vision, {"pixel_values": np.ascontiguousarray(pixels, dtype=np.float32)})
 
     def warmup(self) -> None:
         warm_up(self, self._card.image_size, self._ends)

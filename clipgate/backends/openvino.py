@@ -18,7 +18,7 @@ from numpy.typing import NDArray
 from clipgate.backends import onnx as onnx_backend
 from clipgate.canonical import ModelCard
 from clipgate.config import ModelConfig
-from clipgate.engine import Checkpoint, ModelLoadError, TokenIds, Vectors, warm_up
+from clipgate.engine import Checkpoint, ModelLoadError, Vectors
 
 PRECISIONS = {"auto": "f32", "float32": "f32", "bfloat16": "bf16"}
 
@@ -64,29 +64,11 @@ def load(checkpoint: Checkpoint, cfg: ModelConfig) -> OpenVinoEncoder:
     return OpenVinoEncoder(text, vision, card, export, checkpoint.end_tokens())
 
 
-class OpenVinoEncoder:
+class OpenVinoEncoder(onnx_backend.OnnxEncoder):
     """Two compiled models, one infer request each. One thread (the batcher's) calls `embed_*`."""
 
     def __init__(self, text: Any, vision: Any, card: ModelCard, export: onnx_backend.Export, ends: list[int]) -> None:
-        self._text, self._vision = text.create_infer_request(), vision.create_infer_request()
-        self._card = card
-        self.export = export
-        self._ends = ends
+        super().__init__(text.create_infer_request(), vision.create_infer_request(), card, export, ends)
 
-    @property
-    def card(self) -> ModelCard:
-        return self._card
-
-    def embed_texts(self, ids: TokenIds, mask: TokenIds) -> Vectors:
-        out = self._text.infer({"input_ids": ids, "attention_mask": mask})[0]
-        return np.array(out, dtype=np.float32, copy=True)  # the request reuses its output buffer
-
-    def embed_images(self, pixels: NDArray[np.float32]) -> Vectors:
-        out = self._vision.infer({"pixel_values": np.ascontiguousarray(pixels, dtype=np.float32)})[0]
-        return np.array(out, dtype=np.float32, copy=True)
-
-    def warmup(self) -> None:
-        warm_up(self, self._card.image_size, self._ends)
-
-    def health(self) -> str | None:
-        return None
+    def _run(self, graph: Any, inputs: dict[str, NDArray[Any]]) -> Vectors:
+        return np.array(graph.infer(inputs)[0], dtype=np.float32, copy=True)  # the request reuses its output buffer

@@ -48,22 +48,17 @@ def timed(fn: Callable[[], object], *, min_s: float, min_reps: int = 2) -> float
     return float(np.median(times))
 
 
-class _Images:
-    """Images per second by batch size, for any bare engine with `image_vectors`."""
-
-    def image_vectors(self, pixels: Array) -> Array:
-        raise NotImplementedError
-
-    def images(self, batches: Sequence[int], *, min_s: float) -> list[Point]:
-        rng = np.random.default_rng(0)
-        points = []
-        for b in batches:
-            pixels = rng.standard_normal((b, 3, 224, 224), dtype=np.float32)
-            points.append(Point(b, timed(functools.partial(self.image_vectors, pixels), min_s=min_s)))
-        return points
+def image_points(vectors: Callable[[Array], Array], batches: Sequence[int], *, min_s: float) -> list[Point]:
+    """Seconds per batch of random pixels through `vectors`, at each batch size."""
+    rng = np.random.default_rng(0)
+    points = []
+    for b in batches:
+        pixels = rng.standard_normal((b, 3, 224, 224), dtype=np.float32)
+        points.append(Point(b, timed(functools.partial(vectors, pixels), min_s=min_s)))
+    return points
 
 
-class BareModel(_Images):
+class BareModel:
     def __init__(self, model_dir: Path, *, dtype: torch.dtype, device: str) -> None:
         from transformers import CLIPModel
 
@@ -83,6 +78,9 @@ class BareModel(_Images):
         out = self.model.get_image_features(pixel_values=x).pooler_output
         self._sync()
         return np.asarray(out.float().cpu().numpy())
+
+    def images(self, batches: Sequence[int], *, min_s: float) -> list[Point]:
+        return image_points(self.image_vectors, batches, min_s=min_s)
 
     @torch.inference_mode()
     def text_vectors(self, ids: torch.Tensor) -> Array:
@@ -104,7 +102,7 @@ class BareModel(_Images):
         return points
 
 
-class OnnxBare(_Images):
+class OnnxBare:
     """The ONNX export of the same checkpoint in ONNX Runtime, with the onnx backend's session
     options, measured like `BareModel`: the ceiling of `model.backend = "onnx"`."""
 
@@ -121,6 +119,9 @@ class OnnxBare(_Images):
 
     def image_vectors(self, pixels: Array) -> Array:
         return np.asarray(self.vision.run(None, {"pixel_values": pixels})[0])
+
+    def images(self, batches: Sequence[int], *, min_s: float) -> list[Point]:
+        return image_points(self.image_vectors, batches, min_s=min_s)
 
     def text_vectors(self, ids: NDArray[np.int64], mask: NDArray[np.int64]) -> Array:
         return np.asarray(self.text.run(None, {"input_ids": ids, "attention_mask": mask})[0])
